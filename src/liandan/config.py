@@ -1,0 +1,295 @@
+"""The configuration: a pydantic schema, YAML in and out, dotted overrides.
+
+Every option is typed: a choice is a ``Literal`` (or a registry name checked where the
+registry lives), so a typo fails at load time with a did-you-mean hint instead of deep
+inside training. ``auto`` values are resolved when training starts and written back
+resolved into the run's ``config.yaml``, so rerunning that file reproduces the run.
+
+>>> cfg = Config.load(None, ["model.arch=unet", "optim.lr=3e-4"])
+>>> cfg.optim.lr
+0.0003
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from liandan.errors import ConfigError
+
+Task = Literal["classify", "segment"]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    root: Path | None = None  # dataset folder; the DATA argument fills it
+    layout: Literal["auto", "imagefolder", "csv", "pairs", "voc"] = "auto"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when there is no val/ split
+    image_size: int = Field(256, ge=8)  # images are resized to this square size
+    tile_size: int = Field(512, ge=16)  # large rasters are trained on tiles of this size
+    max_image_size: int = Field(2048, ge=64)  # larger images are tiled, not resized
+    bands: list[int] | None = None  # 1-based band indices, as in GDAL
+    normalize: Literal["dataset", "imagenet", "vgg", "unit", "percentile", "zca"] = "dataset"
+    percentiles: tuple[float, float] = (2.0, 98.0)  # for normalize: percentile
+    ignore_index: int | None = None  # mask value excluded from loss and metrics
+    on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in the run
+    cache: bool = True  # keep decoded images in memory when they fit (small datasets)
+
+
+class ModelConfig(Section):
+    arch: str = "auto"  # auto: unet (segment) / resnet18 or lenet (classify)
+    encoder: str = "resnet34"  # segmentation encoder (smp / timm name)
+    weights: str = "none"  # none | imagenet | path to a weights file
+    attention: Literal["none", "scse", "se", "cbam"] = "none"
+    transfer: Literal["full", "partial", "frozen"] = "full"
+    frozen_stages: int = Field(0, ge=0)  # for transfer: partial
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LossConfig(Section):
+    name: str = "auto"  # auto: ce+dice (segment) / ce (classify); combine with "+"
+    weights: list[float] | None = None  # one weight per combined loss; default all 1.0
+    class_weights: Literal["none", "auto"] | list[float] = "none"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"] = "adamw"
+    lr: float = Field(1.0e-3, gt=0.0)
+    weight_decay: float = Field(1.0e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd / rmsprop
+    nesterov: bool = False
+    ema: float | None = Field(None, gt=0.0, lt=1.0)  # decay of a weight moving average
+    encoder_lr_mult: float = Field(1.0, gt=0.0)  # lr of pretrained encoder = lr * this
+
+
+class ScheduleConfig(Section):
+    name: Literal[
+        "constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "poly",
+        "plateau",
+    ] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)  # final lr = lr * this (cosine, poly)
+    step_size: int = Field(10, ge=1)  # step
+    milestones: list[int] = [10, 15]  # multistep
+    gamma: float = Field(0.1, gt=0.0)  # step, multistep, exponential
+    t0: int = Field(5, ge=1)  # sgdr: epochs of the first cycle
+    t_mult: int = Field(2, ge=1)  # sgdr: each cycle is this many times longer
+    power: float = Field(0.9, gt=0.0)  # poly
+
+
+class AugmentConfig(Section):
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    vflip: float = Field(0.0, ge=0.0, le=1.0)
+    rotate90: float = Field(0.0, ge=0.0, le=1.0)
+    scale: tuple[float, float] = (1.0, 1.0)  # random-resized-crop area range; (1,1) = off
+    brightness_contrast: float = Field(0.0, ge=0.0, le=1.0)  # probability
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    monitor: str = "auto"  # auto: val/mean_iou (segment) / val/macro_f1 (classify)
+    patience: int | None = Field(None, ge=1)  # early stopping on the monitor
+    budget: str | None = None  # e.g. "10m": fit the schedule to a wall-clock budget
+    devices: int | Literal["auto"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
+    num_workers: int | Literal["auto"] = "auto"
+    steps_per_epoch: int | None = Field(None, ge=1)  # cap batches per epoch (quick runs)
+    progress: bool = True
+
+
+class PredictConfig(Section):
+    tile: int = Field(512, ge=16)
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    blend: Literal["gaussian", "hann", "none"] = "gaussian"
+    tta: bool = False
+    batch_size: int = Field(8, ge=1)
+
+
+class Config(Section):
+    """The complete configuration of a run."""
+
+    task: Task | None = None  # inferred from the data layout when absent
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_aliases(cls, value: Any) -> Any:
+        aliases = {"classification": "classify", "segmentation": "segment"}
+        return aliases.get(value, value)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        """Validate a plain dict, turning pydantic errors into a ConfigError."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(exc, source) from None
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, overrides: list[str] | None = None
+    ) -> Config:
+        """Load a YAML file (or defaults) and apply ``key=value`` overrides.
+
+        Args:
+            path: YAML config file, or None for the defaults.
+            overrides: dotted ``key=value`` strings, e.g. ``optim.lr=3e-4``.
+        """
+        data: dict[str, Any] = {}
+        source = "defaults"
+        if path is not None:
+            data = read_yaml(Path(path))
+            source = str(path)
+        for item in overrides or []:
+            apply_override(data, item)
+        if overrides:
+            source = f"{source} with overrides"
+        return cls.from_dict(data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict (paths as strings, tuples as lists)."""
+        return _plain(self.model_dump(mode="json"))
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML."""
+        from liandan.runs import atomic_write_text
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        atomic_write_text(Path(path), text)
+
+    def resolved_monitor(self) -> str:
+        if self.train.monitor != "auto":
+            return self.train.monitor
+        return "val/mean_iou" if self.task == "segment" else "val/macro_f1"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with safe_load only (no python tags)."""
+    if not path.is_file():
+        raise ConfigError("config file not found", where=path, hint="check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"not valid YAML: {exc}", where=path, hint="only plain YAML is accepted"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping of sections", where=path)
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``dotted.key=value`` override to a nested dict (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(
+            f"override {item!r} is not key=value", hint="write e.g. optim.lr=3e-4"
+        )
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    _check_key_path(parts)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{part} is a value, not a section", where=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_key_path(parts: list[str]) -> None:
+    """Fail early, with did-you-mean, on a dotted key that is not in the schema."""
+    model: type[BaseModel] = Config
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError("unknown config key", where=where, hint=_did_you_mean(part, fields))
+        annotation = fields[part].annotation
+        if depth < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise ConfigError(
+                    f"{'.'.join(parts[: depth + 1])} is a value, not a section",
+                    where=".".join(parts),
+                )
+            model = annotation
+
+
+def _did_you_mean(name: str, options: Any) -> str:
+    options = list(options)
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean {close[0]!r}? (valid keys: {', '.join(options)})"
+    return f"valid keys: {', '.join(options)}"
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    first_key = None
+    hint = "see docs/config.md for every key, its type and default"
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        first_key = first_key or key
+        if err["type"] == "extra_forbidden":
+            parent: type[BaseModel] = Config
+            for part in err["loc"][:-1]:
+                ann = parent.model_fields[str(part)].annotation
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    parent = ann
+            hint = _did_you_mean(str(err["loc"][-1]), parent.model_fields)
+            lines.append(f"{key}: unknown config key")
+        else:
+            got = err.get("input")
+            lines.append(f"{key}: {err['msg']} (got {got!r})")
+    message = f"invalid configuration in {source}"
+    return ConfigError(message, where=None, hint=hint, items=lines)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """Parse a budget such as ``90s``, ``10m``, ``1.5h`` into seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise ConfigError(
+            f"cannot read the duration {text!r}", where="train.budget", hint="write e.g. 10m"
+        ) from None
