@@ -75,7 +75,14 @@ class OptimConfig(Section):
 
 class ScheduleConfig(Section):
     name: Literal[
-        "constant", "step", "multistep", "exponential", "cosine", "sgdr", "onecycle", "poly",
+        "constant",
+        "step",
+        "multistep",
+        "exponential",
+        "cosine",
+        "sgdr",
+        "onecycle",
+        "poly",
         "plateau",
     ] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0.0)
@@ -148,9 +155,7 @@ class Config(Section):
             raise _config_error(exc, source) from None
 
     @classmethod
-    def load(
-        cls, path: str | Path | None = None, overrides: list[str] | None = None
-    ) -> Config:
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
         """Load a YAML file (or defaults) and apply ``key=value`` overrides.
 
         Args:
@@ -205,15 +210,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Apply one ``dotted.key=value`` override to a nested dict (value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(
-            f"override {item!r} is not key=value", hint="write e.g. optim.lr=3e-4"
-        )
+        raise ConfigError(f"override {item!r} is not key=value", hint="write e.g. optim.lr=3e-4")
     key, _, raw = item.partition("=")
     key = key.strip()
     parts = key.split(".")
     _check_key_path(parts)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.constructor.ConstructorError as exc:  # e.g. a !!python/object tag
+        raise ConfigError(
+            f"cannot read the value {raw!r} ({exc.problem})",
+            where=key,
+            hint="only plain YAML values are accepted (no !!python tags)",
+        ) from None
     except yaml.YAMLError:
         value = raw
     node = data

@@ -1,0 +1,1 @@
+"""Data: find samples in each layout, read files, transform, load."""

@@ -1,0 +1,188 @@
+"""From a config to data loaders: index, check, split, normalize, load."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from liandan.config import Config
+from liandan.data.datasets import SampleDataset, pad_collate
+from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
+from liandan.data.readers import read_image
+from liandan.data.scan import CheckedDataset, check_dataset
+from liandan.data.transforms import Normalizer, build_augment, fit_normalizer
+from liandan.errors import ConfigError, DataError
+
+
+@dataclass
+class DataBundle:
+    """What training needs from the data: loaders plus everything about the classes."""
+
+    checked: CheckedDataset
+    splits: dict[str, list[Sample]]
+    normalizer: Normalizer
+    train_loader: DataLoader
+    val_loader: DataLoader
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def index(self) -> DatasetIndex:
+        return self.checked.index
+
+    @property
+    def classes(self) -> ClassSpec:
+        return self.checked.index.classes
+
+    @property
+    def in_channels(self) -> int:
+        return self.checked.in_channels
+
+    def class_counts(self) -> np.ndarray:
+        """Training-set frequency of each class (images for classify, pixels for segment)."""
+        n = self.classes.num_classes
+        counts = np.zeros(n, dtype=np.int64)
+        for s in self.splits["train"]:
+            if isinstance(s.target, Path):
+                mask = self.train_loader.dataset.load_mask(s.target)  # type: ignore[attr-defined]
+                counts += np.bincount(mask[mask >= 0].ravel(), minlength=n)[:n]
+            else:
+                counts[int(s.target)] += 1
+        return counts
+
+
+def split_samples(index: DatasetIndex, val_fraction: float, seed: int) -> dict[str, list[Sample]]:
+    """Use the dataset's own splits, or draw a seeded validation split.
+
+    Classification splits are stratified by class so every class is validated.
+    """
+    if index.has_splits:
+        splits = {name: index.split(name) for name in ("train", "val", "test")}
+        if not splits["train"]:
+            raise DataError("the dataset has split folders but no train/ split", where=index.root)
+        if splits["val"]:
+            return splits
+        pool = splits["train"]
+    else:
+        pool = list(index.samples)
+        splits = {"test": []}
+    rng = random.Random(seed)
+    if index.task == "classify":
+        groups: dict[int, list[Sample]] = {}
+        for s in pool:
+            groups.setdefault(int(s.target), []).append(s)  # type: ignore[arg-type]
+    else:
+        groups = {0: pool}
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for members in groups.values():
+        members = list(members)
+        rng.shuffle(members)
+        n_val = round(len(members) * val_fraction)
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        else:
+            n_val = 0
+        val += members[:n_val]
+        train += members[n_val:]
+    if not val:
+        raise DataError(
+            f"too few samples ({len(pool)}) to hold out a validation split",
+            where=index.root,
+            hint="add samples, or provide a val/ folder",
+        )
+    splits["train"], splits["val"] = train, val
+    return splits
+
+
+def resolve_workers(setting: int | str, cached: bool) -> int:
+    if setting != "auto":
+        return int(setting)
+    if cached:
+        return 0  # decoded arrays in memory: augmenting in the main process is cheapest
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return min(cores, 8)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBundle:
+    """Index, check, split and wrap the dataset named by ``cfg.data.root``.
+
+    Args:
+        cfg: the run's config; ``cfg.task`` is filled in from the layout when None.
+        normalizer: a fitted normalizer to reuse (evaluation); fitted here otherwise.
+    """
+    if cfg.data.root is None:
+        raise ConfigError(
+            "no dataset given",
+            where="data.root",
+            hint="pass DATA on the command line or set data.root",
+        )
+    index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
+    if cfg.task is None:
+        cfg.task = index.task  # type: ignore[assignment]
+    checked = check_dataset(
+        index, bands=cfg.data.bands, on_error=cfg.data.on_error, cache=cfg.data.cache
+    )
+    splits = split_samples(index, cfg.data.val_fraction, cfg.train.seed)
+    if normalizer is None:
+        rng = random.Random(cfg.train.seed)
+        train = splits["train"]
+        chosen = rng.sample(train, min(len(train), 256))
+        arrays = [checked.images.get(s.image) for s in chosen]
+        arrays = [
+            a if a is not None else read_image(s.image, cfg.data.bands)
+            for a, s in zip(arrays, chosen, strict=True)
+        ]
+        normalizer = fit_normalizer(cfg.data.normalize, arrays, cfg.data.percentiles)
+    size = cfg.data.image_size
+    common = dict(bands=cfg.data.bands, seed=cfg.train.seed)
+    train_ds = SampleDataset(
+        splits["train"],
+        checked,
+        normalizer,
+        build_augment(cfg.augment, task=index.task, image_size=size, train=True),
+        brightness_contrast_p=cfg.augment.brightness_contrast,
+        **common,  # type: ignore[arg-type]
+    )
+    val_ds = SampleDataset(
+        splits["val"],
+        checked,
+        normalizer,
+        build_augment(cfg.augment, task=index.task, image_size=size, train=False),
+        **common,  # type: ignore[arg-type]
+    )
+    workers = resolve_workers(cfg.train.num_workers, bool(checked.images))
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    batch = min(cfg.train.batch_size, len(train_ds))
+    loader_args = dict(
+        num_workers=workers,
+        collate_fn=pad_collate,
+        worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=len(train_ds) > batch,
+        generator=generator,
+        **loader_args,  # type: ignore[arg-type]
+    )
+    val_batch = cfg.train.batch_size if index.task == "classify" else max(1, batch // 2)
+    val_loader = DataLoader(val_ds, batch_size=val_batch, shuffle=False, **loader_args)  # type: ignore[arg-type]
+    return DataBundle(checked, splits, normalizer, train_loader, val_loader, list(index.notes))

@@ -1,0 +1,112 @@
+"""torch Datasets over checked samples: images with labels, images with masks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from liandan.data.layouts import Sample
+from liandan.data.readers import read_image, read_mask
+from liandan.data.scan import CheckedDataset, MaskMapper, _to_rgb
+from liandan.data.transforms import Normalizer, brightness_contrast
+
+STRIDE = 32  # output stride of 5-stage encoders: inputs are padded to a multiple of it
+
+
+class SampleDataset(Dataset):
+    """Reads (from the cache or disk), augments and normalizes one sample.
+
+    Items are ``(image, target)``: image ``(C, H, W)`` float32; target an int64 class
+    index (classify) or an ``(H, W)`` int64 mask with -1 for ignored pixels (segment).
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        checked: CheckedDataset,
+        normalizer: Normalizer,
+        augment: Callable[..., dict[str, Any]],
+        *,
+        bands: list[int] | None = None,
+        brightness_contrast_p: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.samples = samples
+        self.checked = checked
+        self.task = checked.index.task
+        self.normalizer = normalizer
+        self.augment = augment
+        self.bands = bands
+        self.bc_p = brightness_contrast_p
+        self.mapper = MaskMapper(checked.index.classes) if self.task == "segment" else None
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, sample: Sample) -> np.ndarray:
+        image = self.checked.images.get(sample.image)
+        if image is None:
+            image = read_image(sample.image, self.bands)
+            if self.checked.to_rgb:
+                image = _to_rgb(image)
+        return image
+
+    def load_mask(self, path: Path) -> np.ndarray:
+        mask = self.checked.masks.get(path)
+        if mask is None:
+            assert self.mapper is not None
+            mask = self.mapper.map(read_mask(path))
+        return mask
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[i]
+        image = self.load_image(sample).astype(np.float32)
+        if self.task == "segment":
+            assert isinstance(sample.target, Path)
+            out = self.augment(image=image, mask=self.load_mask(sample.target))
+            image, mask = out["image"], out["mask"]
+            target = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+        else:
+            image = self.augment(image=image)["image"]
+            target = torch.tensor(int(sample.target), dtype=torch.int64)
+        x = self.normalizer(image)
+        if self.bc_p and np.random.random() < self.bc_p:
+            x = brightness_contrast(x, np.random.default_rng())
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), target
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = STRIDE, value: float = 0.0) -> torch.Tensor:
+    """Pad the last two dims (bottom/right) up to a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), value=value)
+
+
+def pad_collate(
+    batch: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch samples of different sizes: pad to the largest, rounded up to the stride.
+
+    Padded image pixels are 0 (the normalized mean) and padded mask pixels -1
+    (ignored), so padding never counts in the loss or the metrics.
+    """
+    images, targets = zip(*batch, strict=True)
+    if targets[0].ndim == 0:
+        return torch.stack(images), torch.stack(targets)
+    h = max(t.shape[-2] for t in images)
+    w = max(t.shape[-1] for t in images)
+    h, w = h + (-h) % STRIDE, w + (-w) % STRIDE
+    x = torch.zeros(len(images), images[0].shape[0], h, w)
+    y = torch.full((len(images), h, w), -1, dtype=torch.int64)
+    for i, (img, mask) in enumerate(batch):
+        x[i, :, : img.shape[1], : img.shape[2]] = img
+        y[i, : mask.shape[0], : mask.shape[1]] = mask
+    return x, y

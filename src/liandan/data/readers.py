@@ -1,0 +1,199 @@
+"""Read images and masks from disk, keeping their values.
+
+PNG/JPEG/BMP/WebP go through Pillow (EXIF orientation applied, 16-bit kept); TIFF and
+any other GDAL-readable raster (VRT, JP2, IMG ...) through rasterio, so 16-bit,
+float32 and many-band files keep their dtype and every band. Images come back as
+``(H, W, C)`` arrays in their own dtype; masks as ``(H, W)`` (or ``(H, W, 3)`` for
+colour masks). Any failure is a :class:`DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from liandan.errors import DataError
+
+PIL_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
+RASTER_EXTS = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
+IMAGE_EXTS = PIL_EXTS | RASTER_EXTS
+# Pillow refuses images above ~179 Mpx as possible decompression bombs; we keep its
+# limit and report it as a data problem rather than a crash.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether the file name has an image extension we read."""
+    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def _pil_array(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return np.array(img, dtype=np.uint16)
+    if img.mode == "I":
+        arr = np.array(img, dtype=np.int32)
+        # 16-bit PNGs are often decoded as mode I: keep them 16-bit when they fit.
+        if arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            return arr.astype(np.uint16)
+        return arr
+    if img.mode == "F":
+        return np.array(img, dtype=np.float32)
+    if img.mode == "1":
+        return np.array(img.convert("L"))
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+    elif img.mode in ("LA",):
+        img = img.convert("L")
+    elif img.mode in ("CMYK", "YCbCr", "HSV", "LAB"):
+        img = img.convert("RGB")
+    return np.array(img)
+
+
+def _open_pil(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"image too large to decode safely ({exc})",
+            where=path,
+            hint="tile it, or convert it to a GeoTIFF and use the raster layout",
+        ) from None
+    except Exception as exc:  # truncated, not an image, zero bytes ...
+        raise DataError(
+            f"cannot read image ({type(exc).__name__}: {exc})",
+            where=path,
+            hint="re-export the file, or set data.on_error=skip to leave it out",
+        ) from None
+    return img
+
+
+def _read_raster(path: Path, bands: list[int] | None = None) -> np.ndarray:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                indexes = bands or list(range(1, src.count + 1))
+                bad = [b for b in indexes if not 1 <= b <= src.count]
+                if bad:
+                    raise DataError(
+                        f"band(s) {bad} requested but the file has {src.count}",
+                        where=path,
+                        hint="data.bands holds 1-based band indices, as in GDAL",
+                    )
+                arr = src.read(indexes)  # (C, H, W)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"cannot read raster ({type(exc).__name__}: {exc})",
+            where=path,
+            hint="check the file with gdalinfo, or set data.on_error=skip",
+        ) from None
+    return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+
+
+def read_image(path: str | Path, bands: list[int] | None = None) -> np.ndarray:
+    """Read an image as ``(H, W, C)`` in its own dtype.
+
+    Args:
+        path: image file.
+        bands: 1-based band indices to keep (GDAL convention); None keeps all.
+
+    >>> read_image("photo.jpg").shape  # doctest: +SKIP
+    (480, 640, 3)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", where=path)
+    if path.stat().st_size == 0:
+        raise DataError("empty file (0 bytes)", where=path, hint="re-export or remove it")
+    if path.suffix.lower() in RASTER_EXTS:
+        return _read_raster(path, bands)
+    img = _open_pil(path)
+    # Phone photos store their rotation in EXIF; apply it so pixels match the mask.
+    img = ImageOps.exif_transpose(img) or img
+    arr = _pil_array(img)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= arr.shape[2]]
+        if bad:
+            raise DataError(
+                f"band(s) {bad} requested but the image has {arr.shape[2]}",
+                where=path,
+                hint="data.bands holds 1-based band indices, as in GDAL",
+            )
+        arr = arr[:, :, [b - 1 for b in bands]]
+    return arr
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask: ``(H, W)`` integer values, or ``(H, W, 3)`` for colour masks.
+
+    Palette PNGs (as in Pascal VOC) give their palette indices, not colours. EXIF
+    orientation is applied as for images, so an image and its mask stay aligned.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("mask file not found", where=path)
+    if path.stat().st_size == 0:
+        raise DataError("empty mask file (0 bytes)", where=path)
+    if path.suffix.lower() in RASTER_EXTS:
+        arr = _read_raster(path)
+        return arr[:, :, 0] if arr.shape[2] == 1 else arr[:, :, :3]
+    img = _open_pil(path)
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("P", "L", "I", "I;16", "1"):
+        arr = np.array(img)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        return arr
+    if img.mode in ("LA", "PA"):
+        return np.array(img)[:, :, 0]
+    arr = np.array(img.convert("RGB"))
+    # A colour PNG whose three channels are equal is a grey mask saved as RGB.
+    if (arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 1] == arr[:, :, 2]).all():
+        return arr[:, :, 0]
+    return arr
+
+
+def image_shape(path: str | Path) -> tuple[int, int, int]:
+    """``(height, width, bands)`` from the file header, without decoding pixels."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in RASTER_EXTS:
+            import rasterio
+            from rasterio.errors import NotGeoreferencedWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    return src.height, src.width, src.count
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: rotated 90 degrees
+                width, height = height, width
+            # as read_image decodes them: palette -> RGB(A), LA -> grey, CMYK etc. -> RGB
+            converted = {
+                "P": 3,
+                "PA": 4,
+                "LA": 1,
+                "1": 1,
+                "CMYK": 3,
+                "YCbCr": 3,
+                "HSV": 3,
+                "LAB": 3,
+            }
+            bands = converted.get(img.mode, len(img.getbands()))
+            if img.mode == "P" and "transparency" in img.info:
+                bands = 4
+            return height, width, bands
+    except Exception as exc:
+        raise DataError(f"cannot read image header ({exc})", where=path) from None

@@ -1,0 +1,256 @@
+"""Integrity checks before training: every file decoded once, every problem listed.
+
+``check_dataset`` reads each image and mask, maps mask values to classes, and collects
+*all* problems (unreadable files, size mismatches, unknown mask values, mixed band
+counts) before failing, so a user fixes them in one go. With ``data.on_error: skip``
+the bad samples are left out and listed in the run instead. Files are only read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
+from liandan.data.readers import read_image, read_mask
+from liandan.errors import DataError
+
+CACHE_BYTES = 2 * 1024**3  # decoded datasets below this stay in memory
+
+
+class MaskMapper:
+    """Raw mask values (or colours) -> class indices; ignored pixels become -1."""
+
+    UNKNOWN = -2
+
+    def __init__(self, classes: ClassSpec) -> None:
+        self.classes = classes
+        self.values = classes.raw_values()
+        self._lut_cache: np.ndarray | None = None
+
+    def _lut(self, size: int) -> np.ndarray:
+        if self._lut_cache is None or self._lut_cache.shape[0] < size:
+            lut = np.full(max(size, 256), self.UNKNOWN, dtype=np.int16)
+            for index, value in enumerate(self.values):
+                if 0 <= value < lut.shape[0]:
+                    lut[value] = index
+            ignore = self.classes.ignore_index
+            if ignore is not None and 0 <= ignore < lut.shape[0]:
+                lut[ignore] = -1
+            self._lut_cache = lut
+        return self._lut_cache
+
+    def map(self, raw: np.ndarray) -> np.ndarray:
+        """Class indices ``(H, W)`` int16: -1 ignored, -2 a value that is not a class."""
+        if raw.ndim == 2 and self.classes.color_masks:
+            # a colour mask whose pixels are all grey (e.g. black and white only) was
+            # read as single-band: map it through the colours like the others
+            raw = np.repeat(raw[:, :, None], 3, axis=2)
+        if raw.ndim == 3:
+            return self._map_colors(raw)
+        if np.issubdtype(raw.dtype, np.floating):
+            if not np.all(np.mod(raw, 1) == 0):
+                return np.full(raw.shape, self.UNKNOWN, dtype=np.int16)
+            raw = raw.astype(np.int64)
+        if raw.size and raw.min() < 0:
+            raw = np.where(raw < 0, 0x7FFFFFFF, raw)
+        top = int(raw.max()) if raw.size else 0
+        if top >= 1 << 20:  # larger than any sensible class code: unknown
+            out = self._lut(256)[np.clip(raw, 0, 255)]
+            out[raw > 255] = self.UNKNOWN
+            return out
+        return self._lut(top + 1)[raw]
+
+    def _map_colors(self, rgb: np.ndarray) -> np.ndarray:
+        code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8)
+        code |= rgb[..., 2].astype(np.int64)
+        out = np.full(code.shape, self.UNKNOWN, dtype=np.int16)
+        for index, color in enumerate(self.classes.colors):
+            c = (int(color[0]) << 16) | (int(color[1]) << 8) | int(color[2])
+            out[code == c] = index
+        return out
+
+    def unknown_values(self, raw: np.ndarray, mapped: np.ndarray) -> list[str]:
+        bad = raw[mapped == self.UNKNOWN]
+        if raw.ndim == 3:
+            return [str(tuple(int(x) for x in c)) for c in np.unique(bad, axis=0)[:8]]
+        return [str(v) for v in np.unique(bad)[:8].tolist()]
+
+
+def infer_classes(masks: dict[Path, np.ndarray], ignore_index: int | None) -> tuple[ClassSpec, str]:
+    """Classes from the mask values themselves, when there is no classes.yaml."""
+    if any(m.ndim == 3 for m in masks.values()):
+        raise DataError(
+            "colour (RGB) masks need a classes.yaml that lists the colour of each class",
+            where=next(p for p, m in masks.items() if m.ndim == 3),
+            hint="write DATA/classes.yaml with names: [...] and colors: [[r, g, b], ...]",
+        )
+    values: set[int] = set()
+    for m in masks.values():
+        values.update(int(v) for v in np.unique(m))
+    values.discard(ignore_index if ignore_index is not None else -(10**9))
+    if values and values <= {0, 255}:
+        if values == {0, 255}:
+            note = (
+                "masks hold only the values 0 and 255: read as two classes, '0' (value 0) "
+                "and '255' (value 255); add classes.yaml to name them"
+            )
+            return ClassSpec(["0", "255"], values=[0, 255], ignore_index=ignore_index), note
+    if len(values) < 2:
+        raise DataError(
+            f"every mask holds the single value {sorted(values)}: nothing to learn",
+            where=next(iter(masks)).parent,
+            hint="check the masks, or give their values in classes.yaml",
+        )
+    top = max(values)
+    codes = sorted(values)
+    if top >= 255 or (top >= 8 and len(values) < (top + 1) / 2):
+        dense = 0  # values 0..dense-1 all occur: the ones from dense up break 0..N-1
+        while dense in values:
+            dense += 1
+        odd = [v for v in codes if v >= dense]
+        files = []
+        for p, m in sorted(masks.items()):
+            found = [v for v in np.unique(m).tolist() if v in odd]
+            if found:
+                files.append(f"{p}: value(s) {', '.join(str(v) for v in found[:8])}")
+        if len(files) > 50:
+            files = [*files[:50], f"... and {len(files) - 50} more mask file(s)"]
+        hint = (
+            "if a value marks pixels to ignore, set data.ignore_index (e.g. 255); "
+            f"otherwise write classes.yaml with names and values: {codes}"
+        )
+        raise DataError(
+            f"mask values {codes} are not class indices 0..N-1",
+            where=next(iter(masks)).parent,
+            items=files,
+            hint=hint,
+        )
+    names = [str(i) for i in range(top + 1)]
+    note = f"no classes.yaml: classes are the mask values 0..{top}"
+    return ClassSpec(names, ignore_index=ignore_index), note
+
+
+@dataclass
+class CheckedDataset:
+    """The index after every file was read: cached arrays and what was left out."""
+
+    index: DatasetIndex
+    images: dict[Path, np.ndarray] = field(default_factory=dict)  # empty when not cached
+    masks: dict[Path, np.ndarray] = field(default_factory=dict)  # mapped class indices
+    in_channels: int = 0
+    dtype: str = "uint8"
+    to_rgb: bool = False  # mixed 8-bit grey/RGB/RGBA photos, all read as RGB
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    return img[:, :, :3]
+
+
+def check_dataset(
+    index: DatasetIndex,
+    *,
+    bands: list[int] | None = None,
+    on_error: str = "fail",
+    cache: bool = True,
+) -> CheckedDataset:
+    """Decode every sample once, map masks to classes and collect every problem."""
+    problems: list[tuple[Sample, str]] = []
+    images: dict[Path, np.ndarray] = {}
+    raw_masks: dict[Path, np.ndarray] = {}
+    for sample in index.samples:
+        try:
+            images[sample.image] = read_image(sample.image, bands)
+        except DataError as exc:
+            problems.append((sample, exc.render()))
+            continue
+        if isinstance(sample.target, Path):
+            try:
+                raw_masks[sample.target] = read_mask(sample.target)
+            except DataError as exc:
+                problems.append((sample, exc.render()))
+                continue
+            ih, iw = images[sample.image].shape[:2]
+            mh, mw = raw_masks[sample.target].shape[:2]
+            if (ih, iw) != (mh, mw):
+                problems.append(
+                    (sample, f"{sample.target}: mask is {mw}x{mh} but its image is {iw}x{ih}")
+                )
+
+    bad_images = {s.image for s, _ in problems}
+    good = [s for s in index.samples if s.image not in bad_images]
+    band_counts = {images[s.image].shape[2] for s in good}
+    dtypes = {images[s.image].dtype.str for s in good}
+    to_rgb = False
+    if len(band_counts) > 1:
+        if all(d == np.dtype(np.uint8).str for d in dtypes) and band_counts <= {1, 3, 4}:
+            to_rgb = True  # everyday photos: grey, RGB and RGBA mixed; read all as RGB
+            index.notes.append("images mix grey/RGB/RGBA: all are read as 3-band RGB")
+        else:
+            counts = {c: [s for s in good if images[s.image].shape[2] == c] for c in band_counts}
+            common = max(counts, key=lambda c: len(counts[c]))
+            for c, members in counts.items():
+                if c != common:
+                    problems += [
+                        (s, f"{s.image}: {c} bands, most images have {common}") for s in members
+                    ]
+
+    if index.task == "segment":
+        good_masks = {
+            s.target: raw_masks[s.target]
+            for s in index.samples
+            if s.image not in {p.image for p, _ in problems} and isinstance(s.target, Path)
+        }
+        if not index.classes.names:
+            index.classes, note = infer_classes(good_masks, index.classes.ignore_index)
+            index.notes.append(note)
+        if any(m.ndim == 3 for m in good_masks.values()):
+            index.classes.color_masks = True
+        mapper = MaskMapper(index.classes)
+        for s in index.samples:
+            if not isinstance(s.target, Path) or s.target not in good_masks:
+                continue
+            mapped = mapper.map(good_masks[s.target])
+            if (mapped == MaskMapper.UNKNOWN).any():
+                vals = ", ".join(mapper.unknown_values(good_masks[s.target], mapped))
+                problems.append((s, f"{s.target}: mask value(s) {vals} are not a class"))
+            raw_masks[s.target] = mapped
+
+    if problems:
+        bad = {s.image for s, _ in problems}
+        items = [reason for _, reason in problems]
+        if on_error != "skip":
+            hint = "fix or remove these files, or set data.on_error=skip to leave them out"
+            if any("not a class" in r for r in items):
+                hint = (
+                    "list the classes (names, values) and ignore_index in classes.yaml, "
+                    "or set data.ignore_index; " + hint
+                )
+            raise DataError(f"{len(bad)} bad sample(s)", where=index.root, items=items, hint=hint)
+        index.skipped = items
+        index.samples = [s for s in index.samples if s.image not in bad]
+        if not index.samples:
+            raise DataError("every sample was bad", where=index.root, items=items)
+
+    kept = [images[s.image] for s in index.samples]
+    if to_rgb:
+        for s in index.samples:
+            images[s.image] = _to_rgb(images[s.image])
+    checked = CheckedDataset(
+        index,
+        in_channels=3 if to_rgb else kept[0].shape[2],
+        dtype=str(kept[0].dtype),
+        to_rgb=to_rgb,
+    )
+    total = sum(a.nbytes for a in images.values()) + sum(m.nbytes for m in raw_masks.values())
+    if cache and total <= CACHE_BYTES:
+        keep = {s.image for s in index.samples}
+        checked.images = {p: a for p, a in images.items() if p in keep}
+        checked.masks = {
+            s.target: raw_masks[s.target] for s in index.samples if isinstance(s.target, Path)
+        }
+    return checked

@@ -1,0 +1,134 @@
+"""The LightningModule: wires model, loss, optimizer and metrics built elsewhere.
+
+One class serves both tasks; what differs (output shape, default monitor) comes from
+the parts. Hooks are named after what they configure, as in torchgeo's BaseTask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from liandan.config import Config
+from liandan.losses import build_loss
+from liandan.metrics import ConfusionMatrix, compute_metrics
+from liandan.models import build_model, encoder_parameters
+from liandan.optim import ModelEMA, build_optimizer, build_scheduler
+
+IGNORE = -1  # internal ignore value of masks (raw ignore values are mapped to it)
+
+
+class LiandanTask(L.LightningModule):
+    """Training and validation for classification and segmentation.
+
+    Args:
+        cfg: the resolved config (task, model, loss, optim, schedule set).
+        class_names: one name per class.
+        in_channels: number of input bands.
+        class_weights: per-class loss weights, or None.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        class_names: list[str],
+        in_channels: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.class_names = class_names
+        self.num_classes = len(class_names)
+        self.in_channels = in_channels
+        self.task = str(cfg.task)
+        self.model = self.configure_model_parts()
+        self.criterion = build_loss(
+            cfg.loss,
+            task=self.task,
+            num_classes=self.num_classes,
+            ignore_index=IGNORE,
+            class_weights=class_weights,
+        )
+        self.ema: ModelEMA | None = ModelEMA(self.model, cfg.optim.ema) if cfg.optim.ema else None
+        self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE)
+        self.last_val_metrics: dict[str, Any] | None = None
+
+    def configure_model_parts(self) -> torch.nn.Module:
+        return build_model(
+            self.cfg.model,
+            task=self.task,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+        )
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        x, y = batch
+        logits = self.model(x)
+        loss = self.criterion(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=x.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights used for validation and export: the EMA ones when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.eval_model()(x)
+        loss = self.criterion(logits, y)
+        if math.isfinite(float(loss)):
+            self.log("val/loss", loss, on_epoch=True, prog_bar=False, batch_size=x.shape[0])
+        self.val_cm.update(logits.argmax(1), y)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_cm.reset()
+        self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        matrix = self.val_cm.matrix
+        if self.trainer.world_size > 1:  # one confusion matrix summed over ranks
+            matrix = self.all_gather(matrix).sum(0)
+        metrics = compute_metrics(
+            matrix.cpu().numpy(), self.class_names, task=self.task, split="val"
+        )
+        self.last_val_metrics = metrics
+        for key in ("accuracy", "balanced_accuracy", "kappa", "macro_f1", "mean_iou"):
+            value = metrics["overall"].get(key)
+            # undefined (null) metrics are logged as NaN for the curves, never as 0
+            self.log(f"val/{key}", float("nan") if value is None else float(value),
+                     prog_bar=key in ("mean_iou", "macro_f1", "accuracy"), sync_dist=False)
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(
+            self.model, self.cfg.optim, encoder_params=encoder_parameters(self.model)
+        )
+        steps = max(1, int(self.trainer.estimated_stepping_batches // self.cfg.train.epochs))
+        scheduler, interval = build_scheduler(
+            optimizer, self.cfg.schedule, epochs=self.cfg.train.epochs, steps_per_epoch=steps
+        )
+        sched: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
+        if self.cfg.schedule.name == "plateau":
+            sched["monitor"] = self.cfg.resolved_monitor()
+        return {"optimizer": optimizer, "lr_scheduler": sched}
+
+    # ------------------------------------------------------------------ state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema_state"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema_state" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema_state"])
