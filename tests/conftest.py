@@ -112,7 +112,7 @@ FAST = [
     "data.image_size=32",
     "predict.tile=64",
 ]
-FAST_SEG = [*FAST, "model.encoder=resnet18"]
+FAST_SEG = [*FAST, "model.encoder=mobilenet_v2"]
 FAST_CLS = [*FAST, "model.arch=lenet"]
 
 

@@ -163,9 +163,7 @@ def test_unknown_override_key_has_did_you_mean(override: str, where: str, right:
         ("tsk: segment\n", "tsk", "task"),
     ],
 )
-def test_unknown_file_key_has_did_you_mean(
-    tmp_path: Path, text: str, key: str, right: str
-) -> None:
+def test_unknown_file_key_has_did_you_mean(tmp_path: Path, text: str, key: str, right: str) -> None:
     path = _write(tmp_path / "c.yaml", text)
     with pytest.raises(ConfigError) as err:
         Config.load(path)

@@ -446,7 +446,7 @@ def test_colour_masks_through_classes_yaml(tmp_path: Path) -> None:
 
 def test_colour_mask_with_only_grey_colours(tmp_path: Path) -> None:
     """A colour mask holding only black and white still maps through the colours."""
-    indices, rgbs = _colour_masks(2)
+    indices, _ = _colour_masks(2)
     white = np.zeros((12, 12), dtype=np.int64)
     white[4:8, 4:8] = 1
     palette = np.array([(0, 0, 0), (255, 255, 255), (255, 0, 0)], dtype=np.uint8)
@@ -463,7 +463,7 @@ def test_colour_mask_with_only_grey_colours(tmp_path: Path) -> None:
 def test_colour_masks_without_classes_yaml(tmp_path: Path) -> None:
     _, rgbs = _colour_masks()
     root = _mask_pairs(tmp_path / "seg", rgbs)
-    with pytest.raises(DataError, match="classes.yaml") as err:
+    with pytest.raises(DataError, match=r"classes\.yaml") as err:
         _scan(root)
     assert "colors" in (err.value.hint or "")
 
@@ -602,3 +602,29 @@ def test_image_formats_read_in_a_dataset(tmp_path: Path) -> None:
     checked = check_dataset(index)
     assert checked.in_channels == 3
     assert Image.open(root / "a" / "1.jpg").format == "JPEG"
+
+
+def test_class_only_in_val_is_reported(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "cls", n_per_class=2, splits=True)
+    save(np.zeros((8, 8, 3), np.uint8), root / "val" / "emu" / "e0.png")
+    with pytest.raises(DataError, match="no images") as err:
+        find_samples(root)
+    assert err.value.items == [str(root / "train" / "emu")]
+
+
+def test_single_value_masks_are_an_error(tmp_path: Path) -> None:
+    root = _mask_pairs(tmp_path / "seg", [np.zeros((8, 8), np.uint8)] * 2)
+    with pytest.raises(DataError, match="single value"):
+        _scan(root)
+
+
+def test_sparse_mask_codes_need_classes_yaml(tmp_path: Path) -> None:
+    codes = np.array([[0, 10], [20, 30]], np.uint8)
+    root = _mask_pairs(tmp_path / "seg", [codes, np.zeros((2, 2), np.uint8)])
+    with pytest.raises(DataError, match="not class indices") as err:
+        _scan(root)
+    assert err.value.items == [f"{root / 'masks' / 's0.png'}: value(s) 10, 20, 30"]
+    assert "values: [0, 10, 20, 30]" in (err.value.hint or "")
+    (root / "classes.yaml").write_text("names: [a, b, c, d]\nvalues: [0, 10, 20, 30]\n")
+    checked = _scan(root)
+    np.testing.assert_array_equal(checked.masks[root / "masks" / "s0.png"], [[0, 1], [2, 3]])

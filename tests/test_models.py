@@ -8,6 +8,7 @@ ConfigError, with the network blocked).
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,21 @@ TINY_ENCODER = "tu-mobilenetv3_small_050"  # 0.6M parameters, a timm features_on
 CLASSIFIERS = [
     "lenet", "alexnet", "googlenet", "resnet18", "mobilenetv3_small_100", "convnext_atto",
 ]  # fmt: skip
-SMP_NATIVE = {"unet", "deeplabv3plus"}  # built with smp's own resnet18 encoder
+# the natural encoder where the tiny one does not fit: smp's own ResNet and MiT, a ViT
+ENCODER_OF = {
+    "unet": "resnet18", "deeplabv3plus": "resnet18", "segformer": "mit_b0",
+    "dpt": "tu-vit_tiny_patch16_224", "fcn": "resnet34", "segnet": "resnet34",
+}  # fmt: skip
 BANDS = (1, 3, 7)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One thread: on tiny tensors thread start-up costs more than it saves (5x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +56,8 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def _build(task: str, in_channels: int = 3, num_classes: int = 3, **cfg: Any) -> nn.Module:
+def _build(task: str, in_channels: int = 3, num_classes: int = 3, **cfg: Any) -> Any:
+    """Build from model-config keys; typed Any because tests reach into submodules."""
     return build_model(
         ModelConfig(**cfg), task=task, num_classes=num_classes, in_channels=in_channels
     )
@@ -62,7 +77,7 @@ def _forward_backward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("index, arch", list(enumerate(list_archs("segment"))))
 def test_segmentation_arch_forward_backward(index: int, arch: str) -> None:
     bands = BANDS[index % len(BANDS)]
-    encoder = "resnet18" if arch in SMP_NATIVE else TINY_ENCODER
+    encoder = ENCODER_OF.get(arch, TINY_ENCODER)
     model = _build("segment", bands, arch=arch, encoder=encoder)
     size = min_input_size("segment", arch)
     out = _forward_backward(model, torch.randn(2, bands, size, size))
@@ -104,6 +119,7 @@ def test_lenet_takes_any_band_count_and_size() -> None:
         ("classify", "auto", "resnet18"),
         ("classify", "Inception", "googlenet"),
         ("classify", "efficientnet_b0", "efficientnet_b0"),
+        ("classify", "ResNet18", "resnet18"),
     ],
 )
 def test_resolve_arch(task: str, name: str, canonical: str) -> None:
@@ -132,7 +148,7 @@ def test_unknown_arch_suggests(task: str, arch: str, expected: str) -> None:
 
 
 def test_arch_of_the_other_task_says_so() -> None:
-    with pytest.raises(ConfigError, match="model.encoder=resnet50"):
+    with pytest.raises(ConfigError, match=r"model\.encoder=resnet50"):
         resolve_arch("segment", "resnet50")
     with pytest.raises(ConfigError, match="task: segment"):
         resolve_arch("classify", "unet")
@@ -224,7 +240,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ],
 )
 @pytest.mark.usefixtures("offline")
-def test_imagenet_offline_is_a_config_error(task: str, cfg: dict[str, str]) -> None:
+def test_imagenet_offline_is_a_config_error(task: str, cfg: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as info:
         _build(task, weights="imagenet", **cfg)
     assert info.value.where == "model.weights"
@@ -304,7 +320,7 @@ def _module_names(model: nn.Module) -> set[str]:
         ("classify", {"arch": "resnet18", "attention": "cbam"}, "CbamModule"),
     ],
 )
-def test_attention_adds_its_module(task: str, cfg: dict[str, str], module: str) -> None:
+def test_attention_adds_its_module(task: str, cfg: dict[str, Any], module: str) -> None:
     assert module not in _module_names(_build(task, **{**cfg, "attention": "none"}))
     model = _build(task, **cfg)
     assert module in _module_names(model)

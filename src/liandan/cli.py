@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
+
+try:  # recent typer releases vendor click; its exceptions are the ones raised
+    from typer._click.exceptions import BadParameter, ClickException, UsageError
+except ImportError:  # pragma: no cover - older typer uses the click package
+    from click.exceptions import BadParameter, ClickException, UsageError  # type: ignore
 
 from liandan.errors import LiandanError
 
@@ -26,7 +30,7 @@ app = typer.Typer(
     "segmentation models. Add --debug to any command for full tracebacks.",
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 OutOpt = Annotated[Path, typer.Option("--out", help="parent folder of runs")]
 
@@ -49,7 +53,7 @@ def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
         elif data is None:
             data = arg
         else:
-            raise click.UsageError(f"unexpected argument {arg!r}: DATA was already {data!r}")
+            raise UsageError(f"unexpected argument {arg!r}: DATA was already {data!r}")
     return data, overrides
 
 
@@ -103,7 +107,7 @@ def evaluate(
     from liandan.api import evaluate as run_evaluate
 
     if split not in ("val", "test", "all"):
-        raise click.BadParameter("must be val, test or all", param_hint="--split")
+        raise BadParameter("must be val, test or all", param_hint="--split")
     metrics = run_evaluate(run, data, split=split)
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -125,9 +129,9 @@ def predict(
     from liandan.predict import predict as run_predict
 
     if blend not in ("gaussian", "hann", "none"):
-        raise click.BadParameter("must be gaussian, hann or none", param_hint="--blend")
+        raise BadParameter("must be gaussian, hann or none", param_hint="--blend")
     if not 0 <= overlap < 1:
-        raise click.BadParameter("must be in [0, 1)", param_hint="--overlap")
+        raise BadParameter("must be in [0, 1)", param_hint="--overlap")
     result = run_predict(run, inputs, out=out, tile=tile, overlap=overlap, blend=blend, tta=tta)
     console.print(f"{len(result.predictions)} input(s) predicted: {result.out_dir}")
 
@@ -162,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err_console.print(f"[bold red]{exc.kind}:[/bold red] {exc.render()}", highlight=False)
         return 1
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted")
         return 130
     return 0

@@ -33,28 +33,16 @@ __all__ = [
     "per_class_table",
 ]
 
-OVERALL_KEYS = (
-    "accuracy",
-    "balanced_accuracy",
-    "kappa",
-    "macro_precision",
-    "macro_recall",
-    "macro_f1",
-    "mean_iou",
-    "mean_dice",
-    "fw_iou",
-    "weighted_precision",
-    "weighted_recall",
-    "weighted_f1",
-    "macro_fbeta",
-    "beta",
-    "num_samples",
+OVERALL_KEYS = tuple(
+    "accuracy balanced_accuracy kappa macro_precision macro_recall macro_f1 mean_iou mean_dice"
+    " fw_iou weighted_precision weighted_recall weighted_f1 macro_fbeta beta num_samples".split()
 )
 PER_CLASS_KEYS = ("precision", "recall", "f1", "fbeta", "iou", "dice", "support")
 
-# CPU inputs are counted in chunks of this many elements, so the index tensor of each
-# chunk stays in cache instead of making a round trip through main memory.
-_CHUNK = 1 << 18
+# CPU inputs are counted in chunks of this many elements: each chunk's index tensor stays
+# in cache, and each op stays under torch's parallel grain size (32768), so it runs on
+# the calling thread and never stalls on busy cores.
+_CHUNK = 1 << 15
 # Largest (value range of target) x (value range of preds) counted by one histogram;
 # wider ranges (stray huge labels) fall back to masking.
 _MAX_BINS = 1 << 16
@@ -85,6 +73,7 @@ class ConfusionMatrix:
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self._device = None if device is None else torch.device(device)
         self._matrix: torch.Tensor | None = None
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}  # CPU scratch, reused
         if self._device is not None:
             self._matrix = self._zeros(self._device)
 
@@ -110,49 +99,82 @@ class ConfusionMatrix:
         if p.device != t.device:
             p = p.to(t.device)
         p, t = p.reshape(-1), t.reshape(-1)
-        step = _CHUNK if t.device.type == "cpu" else max(t.numel(), 1)
-        counts: torch.Tensor | None = None
-        for start in range(0, t.numel(), step):
-            part = self._count(p[start : start + step], t[start : start + step])
-            counts = part if counts is None else counts.add_(part)
-        if counts is None:
+        size, n = t.numel(), self.num_classes
+        if size == 0:
             return
+        # On CPU, chunks small enough to stay in cache and to run each op on one thread.
+        step = max(_CHUNK, 4 * n * n) if t.device.type == "cpu" else size
+        wide = torch.int32 if 2 * n * n < 2**31 else torch.int64
+        common = torch.promote_types(t.dtype, p.dtype)
+        fast: torch.dtype | None = None  # dtype in which t * n + p is one op, if any
+        if torch.iinfo(common).max >= n * n - 1:
+            fast = common if common in (torch.uint8, torch.int8, torch.int16) else wide
+        counts = self._zeros(t.device)
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            self._count(p[start:stop], t[start:stop], counts, fast, wide)
         if self._matrix is None:
             self._matrix = self._zeros(counts.device)
         self._matrix += counts.to(self._matrix.device)
 
-    def _count(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The ``n x n`` counts of one flat chunk, validated."""
-        n, ignore = self.num_classes, self.ignore_index
-        bounds = torch.stack([v.to(torch.int64) for v in (*torch.aminmax(t), *torch.aminmax(p))])
-        t_min, t_max, p_min, p_max = bounds.tolist()
+    def _count(
+        self,
+        p: torch.Tensor,
+        t: torch.Tensor,
+        out: torch.Tensor,
+        fast: torch.dtype | None,
+        wide: torch.dtype,
+    ) -> None:
+        """Add the counts of one flat chunk to ``out``, validating its labels.
+
+        ``fast``: dtype of the one-op index ``t * n + p`` (``None``: not safe);
+        ``wide``: dtype of the index of the wide-range histogram.
+        """
+        n, ignore, size = self.num_classes, self.ignore_index, t.numel()
+        t_range, p_range = torch.aminmax(t), torch.aminmax(p)
+        t_min, t_max = int(t_range.min), int(t_range.max)
+        p_min, p_max = int(p_range.min), int(p_range.max)
+        ignored = ignore is not None and t_min <= ignore <= t_max
+        if fast is not None and 0 <= min(t_min, p_min) and max(t_max, p_max) < n and not ignored:
+            index = torch.add(p, t, alpha=n, out=self._scratch(fast, t))
+            out += torch.bincount(index, minlength=n * n).view(n, n)
+            return
         t_lo, t_hi, p_lo, p_hi = min(t_min, 0), max(t_max, n - 1), min(p_min, 0), max(p_max, n - 1)
         rows, cols = t_hi - t_lo + 1, p_hi - p_lo + 1
-        if rows * cols > _MAX_BINS:
-            return self._count_masked(p, t)
-        # One histogram over the whole observed value range: ignored and invalid values
-        # land in their own bins, so nothing is masked or copied.
-        index = t.to(torch.int32, copy=True)  # never write into the caller's tensor
-        if cols != 1:
-            index.mul_(cols)
-        index.add_(p)
+        if rows * cols > max(_MAX_BINS, 2 * n * n):
+            out += self._count_masked(p, t)
+            return
+        # One histogram over the chunk's whole value range: ignored and invalid labels
+        # land in bins of their own, so nothing is masked or copied.
+        index = self._scratch(wide, t)
+        index.copy_(t)
+        index.mul_(cols).add_(p)
         offset = t_lo * cols + p_lo
         if offset:
             index.sub_(offset)
         hist = torch.bincount(index, minlength=rows * cols).view(rows, cols)
-        if rows == n and cols == n and (ignore is None or not 0 <= ignore < n):
-            return hist
-        if ignore is not None and t_lo <= ignore <= t_hi:
+        skipped = 0
+        if ignore is not None and ignored:
+            skipped = int(hist[ignore - t_lo].sum())
             hist[ignore - t_lo] = 0
         counts = hist[-t_lo : n - t_lo, -p_lo : n - p_lo]
-        if int(counts.sum()) != int(hist.sum()):
-            valid_rows = int(hist[-t_lo : n - t_lo].sum()) == int(hist.sum())
+        if int(counts.sum()) + skipped != size:
+            rows_ok = int(hist[-t_lo : n - t_lo].sum()) + skipped == size
             raise ValueError(
-                f"{'preds' if valid_rows else 'target'} holds a class index outside "
-                f"[0, {n}) (observed range of target [{t_min}, {t_max}], preds "
-                f"[{p_min}, {p_max}]; ignore_index={ignore})"
+                f"{'preds' if rows_ok else 'target'} holds a class index outside [0, {n}) "
+                f"(target spans [{t_min}, {t_max}], preds [{p_min}, {p_max}]; "
+                f"ignore_index={ignore})"
             )
-        return counts.contiguous()
+        out += counts
+
+    def _scratch(self, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised 1-D tensor as long as ``like``; CPU buffers are reused."""
+        if like.device.type != "cpu":
+            return torch.empty(like.numel(), dtype=dtype, device=like.device)
+        buffer = self._buffers.get(dtype)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = self._buffers[dtype] = torch.empty(like.numel(), dtype=dtype)
+        return buffer[: like.numel()]
 
     def _count_masked(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Slow path for chunks whose labels span a huge range: mask, check, count."""
@@ -218,6 +240,16 @@ def _as_labels(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     return tensor
 
 
+def _as_counts(matrix: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A square matrix of counts as an int64 NumPy array."""
+    m = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a confusion matrix must be square, got shape {m.shape}")
+    if m.dtype.kind not in "iub" and not np.array_equal(m, np.round(m)):
+        raise ValueError("a confusion matrix holds whole counts")
+    return m.astype(np.int64)
+
+
 def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else num / den
 
@@ -257,16 +289,15 @@ def compute_metrics(
         ValueError: the matrix is not square, does not match ``classes``, or has
             negative counts.
     """
-    m = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    m = _as_counts(matrix)
     n = len(classes)
-    if m.ndim != 2 or m.shape != (n, n):
+    if m.shape != (n, n):
         raise ValueError(f"matrix of shape {m.shape} does not match {n} classes")
     if m.size and m.min() < 0:
         raise ValueError("a confusion matrix cannot hold negative counts")
-    cells: list[list[int]] = [[int(c) for c in row] for row in m.tolist()]
-    tp = [cells[i][i] for i in range(n)]
-    support = [sum(row) for row in cells]
-    predicted = [sum(cells[i][j] for i in range(n)) for j in range(n)]
+    tp: list[int] = np.diag(m).tolist()
+    support: list[int] = m.sum(axis=1).tolist()
+    predicted: list[int] = m.sum(axis=0).tolist()
     total = sum(support)
     b2 = float(beta) ** 2
 
@@ -313,7 +344,7 @@ def compute_metrics(
         "classes": list(classes),
         "overall": overall,
         "per_class": per_class,
-        "confusion_matrix": cells,
+        "confusion_matrix": m.tolist(),
     }
 
 
@@ -324,8 +355,7 @@ def most_confused(
 
     Zero counts are dropped; ties keep row-major order.
     """
-    m = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
-    off = m.astype(np.int64, copy=True)
+    off = _as_counts(matrix).copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")[: max(k, 0)]
     rows, cols = np.unravel_index(order, off.shape)
@@ -344,19 +374,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-_OVERALL_LABELS = {
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced accuracy",
-    "kappa": "kappa",
-    "macro_precision": "macro precision",
-    "macro_recall": "macro recall",
+_LABELS = {
     "macro_f1": "macro F1",
-    "macro_fbeta": "macro F-beta",
     "mean_iou": "mean IoU",
     "mean_dice": "mean Dice",
     "fw_iou": "freq.-weighted IoU",
-    "weighted_precision": "weighted precision",
-    "weighted_recall": "weighted recall",
     "weighted_f1": "weighted F1",
     "num_samples": "samples",
 }
@@ -368,11 +390,13 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     table = Table(title=f"{metrics.get('split', '')} metrics".strip())
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, label in _OVERALL_LABELS.items():
-        if key in overall:
-            if key == "macro_fbeta" and "beta" in overall:
-                label = f"macro F{overall['beta']:g}"
-            table.add_row(label, _fmt(overall[key]))
+    for key, value in overall.items():
+        if key == "beta":
+            continue  # shown in the F-beta label
+        label = _LABELS.get(key, key.replace("_", " "))
+        if key == "macro_fbeta" and overall.get("beta") is not None:
+            label = f"macro F{overall['beta']:g}"
+        table.add_row(label, _fmt(value))
     return table
 
 

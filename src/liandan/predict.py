@@ -317,9 +317,9 @@ def predict(
     """
     if isinstance(inputs, str | Path):
         inputs = [inputs]
-    files = list_inputs(inputs)
     predictor = Predictor.from_run(run, tile=tile, overlap=overlap, blend=blend, tta=tta,
                                    batch_size=batch_size)
+    files = list_inputs(inputs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     preds: list[Prediction] = []

@@ -176,7 +176,7 @@ def _require_dir(path: Path) -> None:
 
 
 def _split_dirs(root: Path) -> list[tuple[str | None, Path]]:
-    present = [(s, root / s) for s in SPLITS if (root / s).is_dir()]
+    present: list[tuple[str | None, Path]] = [(s, root / s) for s in SPLITS if (root / s).is_dir()]
     return present if present else [(None, root)]
 
 
@@ -284,7 +284,8 @@ def _find_pairs(root: Path, ignore_index: int | None) -> DatasetIndex:
             "images and masks do not pair up (paired by file name without extension)",
             where=root,
             items=problems,
-            hint="every images/<name>.* needs a masks/<name>.*; or set data.on_error=skip",
+            hint="every images/<name>.* needs a masks/<name>.*: add the missing files or "
+            "move the unpaired ones out of the dataset",
         )
     if not samples:
         raise DataError(

@@ -52,23 +52,27 @@ class Normalizer:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = image.astype(np.float32, copy=False)
+
+        def f32(values: list[float]) -> np.ndarray:
+            return np.asarray(values, dtype=np.float32)
+
         if self.preset == "dataset":
-            return (x - np.float32(self.mean)) / np.float32(self.std)
+            return (x - f32(self.mean)) / f32(self.std)
         if self.preset == "unit":
             return x / np.float32(self.scale)
         if self.preset == "imagenet":
-            return (x / np.float32(self.scale) - np.float32(self.mean)) / np.float32(self.std)
+            return (x / np.float32(self.scale) - f32(self.mean)) / f32(self.std)
         if self.preset == "vgg":
             x = x * np.float32(255.0 / self.scale)
             if x.shape[-1] == 3:
                 x = x[..., ::-1]  # RGB -> BGR, as the Caffe VGG weights expect
-            return x - np.float32(self.mean)
+            return x - f32(self.mean)
         if self.preset == "percentile":
-            lo, hi = np.float32(self.low), np.float32(self.high)
+            lo, hi = f32(self.low), f32(self.high)
             return (np.clip(x, lo, hi) - lo) / np.maximum(hi - lo, np.float32(1e-6))
         if self.preset == "zca":
             w = np.asarray(self.whiten, dtype=np.float32)
-            return ((x - np.float32(self.mean)) @ w.T).astype(np.float32)
+            return ((x - f32(self.mean)) @ w.T).astype(np.float32)
         raise ConfigError(f"unknown normalization {self.preset!r}", where="data.normalize")
 
     def to_dict(self) -> dict[str, Any]:

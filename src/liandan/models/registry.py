@@ -82,15 +82,22 @@ def register(task: str, spec: ArchSpec, aliases: tuple[str, ...] = ()) -> None:
         _ALIASES[task][alias] = spec.name
 
 
-register("classify", ArchSpec("lenet", "builtin", factories.build_lenet, 16, pretrained=False),
-         aliases=("lenet5", "lenet-5"))  # fmt: skip
+register(
+    "classify",
+    ArchSpec("lenet", "builtin", factories.build_lenet, 16, pretrained=False),
+    aliases=("lenet5", "lenet-5"),
+)
 register("classify", ArchSpec("alexnet", "torchvision", factories.build_alexnet, 64))
-register("classify", ArchSpec("googlenet", "torchvision", factories.build_googlenet),
-         aliases=("inception", "inception_v1", "inceptionv1"))  # fmt: skip
-register("segment", ArchSpec("segnet", "builtin", factories.build_segnet, 16, ("scse",),
-                             pretrained=False))  # fmt: skip
-register("segment", ArchSpec("fcn", "torchvision", factories.build_fcn),
-         aliases=("fcn_resnet50",))  # fmt: skip
+register(
+    "classify",
+    ArchSpec("googlenet", "torchvision", factories.build_googlenet),
+    aliases=("inception", "inception_v1", "inceptionv1"),
+)
+register(
+    "segment",
+    ArchSpec("segnet", "builtin", factories.build_segnet, 16, ("scse",), pretrained=False),
+)
+register("segment", ArchSpec("fcn", "torchvision", factories.build_fcn), aliases=("fcn_resnet50",))
 # PAN's feature pyramid attention pools its stride-16 map three more times: 128 px minimum
 _SMP_MIN_SIZE = {"pan": 128}
 for _name in smp.MODEL_ARCHITECTURES_MAPPING:
@@ -165,8 +172,10 @@ def resolve_arch(task: str, arch: str) -> str:
     low = _ALIASES[task].get(low, low)
     if low in _ARCHS[task]:
         return low
-    if task == "classify" and timm.is_model(name):
-        return name
+    if task == "classify":
+        for candidate in (name, low):  # timm names are lowercase: ResNet18 is resnet18
+            if timm.is_model(candidate):
+                return candidate
     other = "segment" if task == "classify" else "classify"
     if (
         low in _ARCHS[other]
@@ -303,7 +312,9 @@ def _build_error(exc: Exception, spec: ArchSpec, cfg: ModelConfig) -> Exception:
         return ConfigError(
             f"smp cannot build {spec.name} with the encoder {cfg.encoder}: {exc}",
             where="model.encoder",
-            hint="try another encoder, e.g. resnet34 (DPT needs a tu- ViT encoder)",
+            hint="DPT needs a timm ViT encoder, e.g. tu-vit_small_patch16_224"
+            if spec.name == "dpt"
+            else "try another encoder, e.g. resnet34",
         )
     if cfg.weights == "imagenet":
         return ConfigError(
