@@ -45,8 +45,9 @@ def save(arr: np.ndarray, path: Path) -> Path:
     return path
 
 
-def make_imagefolder(root: Path, n_per_class: int = 6, classes=("cat", "dog"), splits=False,
-                     seed: int = 0) -> Path:
+def make_imagefolder(
+    root: Path, n_per_class: int = 6, classes=("cat", "dog"), splits=False, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split in ("train", "val") if splits else (None,):
         base = root / split if split else root
@@ -56,8 +57,14 @@ def make_imagefolder(root: Path, n_per_class: int = 6, classes=("cat", "dog"), s
     return root
 
 
-def make_pairs(root: Path, n: int = 8, splits=False, values=(0, 1, 2), seed: int = 0,
-               classes_yaml: str | None = None) -> Path:
+def make_pairs(
+    root: Path,
+    n: int = 8,
+    splits=False,
+    values=(0, 1, 2),
+    seed: int = 0,
+    classes_yaml: str | None = None,
+) -> Path:
     rng = np.random.default_rng(seed)
     for split in ("train", "val") if splits else (None,):
         base = root / split if split else root

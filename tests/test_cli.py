@@ -9,21 +9,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import FAST_CLS, FAST_SEG, make_csv, make_imagefolder, make_pairs, make_voc, save
 from PIL import Image
 from rasterio.transform import from_origin
 
+from conftest import FAST_CLS, FAST_SEG, make_csv, make_imagefolder, make_pairs, make_voc, save
 from liandan.cli import main
 
-SCHEMA_OVERALL = {"accuracy", "balanced_accuracy", "kappa", "macro_precision", "macro_recall",
-                  "macro_f1", "mean_iou", "mean_dice", "fw_iou"}
+SCHEMA_OVERALL = {
+    "accuracy",
+    "balanced_accuracy",
+    "kappa",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "mean_iou",
+    "mean_dice",
+    "fw_iou",
+}
 SCHEMA_CLASS = {"precision", "recall", "f1", "iou", "dice", "support"}
 
 
 def check_run(run: Path, task: str) -> dict:
-    for rel in ("config.yaml", "history.csv", "metrics.json", "checkpoints/best.ckpt",
-                "checkpoints/last.ckpt", "model/weights.safetensors", "model/model.json",
-                "plots/confusion_matrix.png", "plots/curves.png"):
+    for rel in (
+        "config.yaml",
+        "history.csv",
+        "metrics.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "model/weights.safetensors",
+        "model/model.json",
+        "plots/confusion_matrix.png",
+        "plots/curves.png",
+    ):
         assert (run / rel).is_file(), rel
     assert any((run / "tensorboard").rglob("events.out.tfevents*"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -125,8 +142,18 @@ def test_predict_geotiff_keeps_georeferencing(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, (3, 100, 90), dtype=np.uint8)
     transform = from_origin(500000, 4000000, 0.5, 0.5)
-    with rasterio.open(scene, "w", driver="GTiff", width=90, height=100, count=3,
-                       dtype="uint8", crs="EPSG:32633", transform=transform, nodata=0) as dst:
+    with rasterio.open(
+        scene,
+        "w",
+        driver="GTiff",
+        width=90,
+        height=100,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=transform,
+        nodata=0,
+    ) as dst:
         arr[:, :10, :] = 0  # nodata rows
         dst.write(arr)
     out = tmp_path / "pred"

@@ -12,10 +12,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config",
-    "DataError",
-    "ConfigError",
     "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DataError",
     "LiandanError",
     "demo",
     "evaluate",

@@ -18,6 +18,7 @@ import torch
 
 from liandan.config import Config
 from liandan.data.datamodule import DataBundle, build_data, split_samples
+from liandan.data.datasets import load_image
 from liandan.data.layouts import ClassSpec, find_samples
 from liandan.data.scan import MaskMapper, check_dataset
 from liandan.errors import CheckpointError, ConfigError
@@ -226,17 +227,16 @@ def evaluate(
     else:
         samples = splits.get(split, [])
     if not samples:
-        raise ConfigError(f"the dataset has no {split!r} split", where="--split",
-                          hint="use --split val, test or all")
+        raise ConfigError(
+            f"the dataset has no {split!r} split",
+            where="--split",
+            hint="use --split val, test or all",
+        )
     predictor = Predictor.from_run(run, tile=cfg.predict.tile, overlap=cfg.predict.overlap)
     mapper = MaskMapper(classes) if meta["task"] == "segment" else None
     cm = ConfusionMatrix(len(classes.names), ignore_index=-1)
     for sample in samples:
-        image = checked.images.get(sample.image)
-        if image is None:
-            from liandan.data.readers import read_image
-
-            image = read_image(sample.image, cfg.data.bands)
+        image = load_image(checked, sample, cfg.data.bands)
         probs = predictor.predict_array(image, sample.image)
         if mapper is not None:
             assert isinstance(sample.target, Path)
@@ -247,7 +247,8 @@ def evaluate(
                 truth = mapper.map(read_mask(sample.target))
             cm.update(torch.from_numpy(probs.argmax(0)), torch.from_numpy(truth.astype(np.int64)))
         else:
-            cm.update(torch.tensor([int(probs.argmax())]), torch.tensor([int(sample.target)]))
+            assert isinstance(sample.target, int)
+            cm.update(torch.tensor([int(probs.argmax())]), torch.tensor([sample.target]))
     metrics = compute_metrics(cm.numpy(), classes.names, task=meta["task"], split=split)
     if write:
         name = "metrics.json" if split == "val" else f"metrics_{split}.json"
@@ -307,8 +308,7 @@ def demo(
     from liandan.score import score
 
     if task not in DEMO_OVERRIDES:
-        raise ConfigError(f"unknown demo task {task!r}", where="--task",
-                          hint="segment or classify")
+        raise ConfigError(f"unknown demo task {task!r}", where="--task", hint="segment or classify")
     start = time.perf_counter()
     run_dir = create_run_dir(out, name)
     data_dir = run_dir / "data"

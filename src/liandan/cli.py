@@ -79,7 +79,8 @@ def demo(
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     args: Annotated[
-        list[str] | None, typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]...")
+        list[str] | None,
+        typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]..."),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
     out: OutOpt = Path("runs"),

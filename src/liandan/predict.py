@@ -148,7 +148,7 @@ class Predictor:
         tile = self.tile
         if max(h, w) <= tile:
             ph, pw = (-h) % STRIDE, (-w) % STRIDE
-            mode = "reflect" if ph < h and pw < w else "edge"
+            mode: Any = "reflect" if ph < h and pw < w else "edge"
             padded = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode)
             return self._forward(padded.transpose(2, 0, 1)[None])[0][:, :h, :w]
         # sliding window over an image larger than one tile
@@ -230,7 +230,9 @@ def write_prediction(pred: Prediction, predictor: Predictor, out_dir: Path) -> P
     return target
 
 
-def _write_geotiff(pred: Prediction, predictor: Predictor, values: np.ndarray, target: Path) -> None:
+def _write_geotiff(
+    pred: Prediction, predictor: Predictor, values: np.ndarray, target: Path
+) -> None:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
@@ -244,9 +246,18 @@ def _write_geotiff(pred: Prediction, predictor: Predictor, values: np.ndarray, t
             crs, transform = src.crs, src.transform
         h, w = values.shape
         profile = dict(
-            driver="GTiff", height=h, width=w, count=1, dtype=values.dtype.name, crs=crs,
-            transform=transform, nodata=nodata, compress="deflate",
-            tiled=h >= 256 and w >= 256, blockxsize=256, blockysize=256,
+            driver="GTiff",
+            height=h,
+            width=w,
+            count=1,
+            dtype=values.dtype.name,
+            crs=crs,
+            transform=transform,
+            nodata=nodata,
+            compress="deflate",
+            tiled=h >= 256 and w >= 256,
+            blockxsize=256,
+            blockysize=256,
         )
         if not profile["tiled"]:
             profile.pop("blockxsize")
@@ -255,7 +266,9 @@ def _write_geotiff(pred: Prediction, predictor: Predictor, values: np.ndarray, t
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(values, 1)
             if values.dtype == np.uint8:
-                cmap = {v: (*c, 255) for v, c in zip(predictor.values, predictor.colors, strict=False)}
+                cmap = {
+                    v: (*c, 255) for v, c in zip(predictor.values, predictor.colors, strict=False)
+                }
                 dst.write_colormap(1, cmap)
             dst.update_tags(1, classes=",".join(predictor.classes))
         tmp.replace(target)
@@ -267,7 +280,9 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            files += sorted(
+                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+            )
         elif p.is_file():
             files.append(p)
         else:
@@ -317,8 +332,9 @@ def predict(
     """
     if isinstance(inputs, str | Path):
         inputs = [inputs]
-    predictor = Predictor.from_run(run, tile=tile, overlap=overlap, blend=blend, tta=tta,
-                                   batch_size=batch_size)
+    predictor = Predictor.from_run(
+        run, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size
+    )
     files = list_inputs(inputs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

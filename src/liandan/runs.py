@@ -119,6 +119,7 @@ def load_model(run: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         task=meta["task"],
         num_classes=len(meta["classes"]),
         in_channels=int(meta["in_channels"]),
+        image_size=meta.get("image_size"),
     )
     try:
         state = load_file(str(weights))

@@ -38,8 +38,11 @@ def _pairs(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
     problems = [f"{p[s]}: no truth mask named {s}.* in {truth}" for s in p if s not in t]
     problems += [f"{t[s]}: no prediction named {s}.* in {pred}" for s in t if s not in p]
     if problems:
-        raise DataError("predictions and truth do not pair up by file name", items=problems,
-                        hint="each prediction needs a truth mask with the same stem")
+        raise DataError(
+            "predictions and truth do not pair up by file name",
+            items=problems,
+            hint="each prediction needs a truth mask with the same stem",
+        )
     if not p:
         raise DataError("no mask files found", where=pred)
     return [(p[s], t[s]) for s in sorted(p)]
@@ -54,9 +57,7 @@ def _classes_for(truth: Path, masks: dict[Path, np.ndarray], ignore_index: int |
     return spec
 
 
-def score_masks(
-    pred: Path, truth: Path, *, ignore_index: int | None = None
-) -> dict[str, Any]:
+def score_masks(pred: Path, truth: Path, *, ignore_index: int | None = None) -> dict[str, Any]:
     pairs = _pairs(pred, truth)
     truths = {t: read_mask(t) for _, t in pairs}
     classes = _classes_for(truth, truths, ignore_index)
@@ -69,13 +70,17 @@ def score_masks(
         pm = read_mask(p)
         tm = truths[t]
         if pm.shape[:2] != tm.shape[:2]:
-            problems.append(f"{p}: {pm.shape[1]}x{pm.shape[0]}, truth is {tm.shape[1]}x{tm.shape[0]}")
+            problems.append(
+                f"{p}: {pm.shape[1]}x{pm.shape[0]}, truth is {tm.shape[1]}x{tm.shape[0]}"
+            )
             continue
         mp, mt = pred_mapper.map(pm), mapper.map(tm)
         for name, arr, raw, m in (("prediction", mp, pm, pred_mapper), ("truth", mt, tm, mapper)):
             if (arr == MaskMapper.UNKNOWN).any():
                 vals = ", ".join(m.unknown_values(raw, arr))
-                problems.append(f"{p if name == 'prediction' else t}: value(s) {vals} are not a class")
+                problems.append(
+                    f"{p if name == 'prediction' else t}: value(s) {vals} are not a class"
+                )
         if problems:
             continue
         mt = mt.astype(np.int64)
@@ -84,8 +89,11 @@ def score_masks(
         mp[mp < 0] = 0
         cm.update(torch.from_numpy(mp), torch.from_numpy(mt))
     if problems:
-        raise DataError("cannot score these files", items=problems,
-                        hint="masks must have the same size and use the classes' values")
+        raise DataError(
+            "cannot score these files",
+            items=problems,
+            hint="masks must have the same size and use the classes' values",
+        )
     return compute_metrics(cm.numpy(), classes.names, task="segment", split="score")
 
 
@@ -110,7 +118,9 @@ def score_labels(pred: Path, truth: Path) -> dict[str, Any]:
     return compute_metrics(cm.numpy(), names, task="classify", split="score")
 
 
-def score(pred: str | Path, truth: str | Path, *, ignore_index: int | None = None) -> dict[str, Any]:
+def score(
+    pred: str | Path, truth: str | Path, *, ignore_index: int | None = None
+) -> dict[str, Any]:
     """Metrics (the metrics.json schema) of predictions against ground truth.
 
     >>> liandan.score("maps/", "data/val/masks/")["overall"]["mean_iou"]  # doctest: +SKIP

@@ -12,9 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from liandan.config import Config
-from liandan.data.datasets import SampleDataset, pad_collate
+from liandan.data.datasets import SampleDataset, load_image, pad_collate
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
-from liandan.data.readers import read_image
 from liandan.data.scan import CheckedDataset, check_dataset
 from liandan.data.transforms import Normalizer, build_augment, fit_normalizer
 from liandan.errors import ConfigError, DataError
@@ -142,11 +141,7 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         rng = random.Random(cfg.train.seed)
         train = splits["train"]
         chosen = rng.sample(train, min(len(train), 256))
-        arrays = [checked.images.get(s.image) for s in chosen]
-        arrays = [
-            a if a is not None else read_image(s.image, cfg.data.bands)
-            for a, s in zip(arrays, chosen, strict=True)
-        ]
+        arrays = [load_image(checked, s, cfg.data.bands) for s in chosen]
         normalizer = fit_normalizer(cfg.data.normalize, arrays, cfg.data.percentiles)
     size = cfg.data.image_size
     common = dict(bands=cfg.data.bands, seed=cfg.train.seed)

@@ -18,6 +18,16 @@ from liandan.data.transforms import Normalizer, brightness_contrast
 STRIDE = 32  # output stride of 5-stage encoders: inputs are padded to a multiple of it
 
 
+def load_image(checked: CheckedDataset, sample: Sample, bands: list[int] | None) -> np.ndarray:
+    """A sample's raw image: from the cache, or read (and made RGB where the data is)."""
+    image = checked.images.get(sample.image)
+    if image is None:
+        image = read_image(sample.image, bands)
+        if checked.to_rgb:
+            image = _to_rgb(image)
+    return image
+
+
 class SampleDataset(Dataset):
     """Reads (from the cache or disk), augments and normalizes one sample.
 
@@ -50,12 +60,7 @@ class SampleDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, sample: Sample) -> np.ndarray:
-        image = self.checked.images.get(sample.image)
-        if image is None:
-            image = read_image(sample.image, self.bands)
-            if self.checked.to_rgb:
-                image = _to_rgb(image)
-        return image
+        return load_image(self.checked, sample, self.bands)
 
     def load_mask(self, path: Path) -> np.ndarray:
         mask = self.checked.masks.get(path)
@@ -74,7 +79,8 @@ class SampleDataset(Dataset):
             target = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
         else:
             image = self.augment(image=image)["image"]
-            target = torch.tensor(int(sample.target), dtype=torch.int64)
+            assert isinstance(sample.target, int)
+            target = torch.tensor(sample.target, dtype=torch.int64)
         x = self.normalizer(image)
         if self.bc_p and np.random.random() < self.bc_p:
             x = brightness_contrast(x, np.random.default_rng())

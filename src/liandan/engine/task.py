@@ -15,7 +15,7 @@ import torch
 from liandan.config import Config
 from liandan.losses import build_loss
 from liandan.metrics import ConfusionMatrix, compute_metrics
-from liandan.models import build_model, encoder_parameters
+from liandan.models import build_model, encoder_parameters, set_frozen_norms_eval
 from liandan.optim import ModelEMA, build_optimizer, build_scheduler
 
 IGNORE = -1  # internal ignore value of masks (raw ignore values are mapped to it)
@@ -62,6 +62,7 @@ class LiandanTask(L.LightningModule):
             task=self.task,
             num_classes=self.num_classes,
             in_channels=self.in_channels,
+            image_size=self.cfg.data.image_size,
         )
 
     # ------------------------------------------------------------------ steps
@@ -72,9 +73,15 @@ class LiandanTask(L.LightningModule):
         x, y = batch
         logits = self.model(x)
         loss = self.criterion(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=x.shape[0])
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0]
+        )
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls model.train() before each epoch; a frozen encoder's BatchNorm
+        # must keep the running statistics its weights were trained with.
+        set_frozen_norms_eval(self.model)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
@@ -99,7 +106,9 @@ class LiandanTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         matrix = self.val_cm.matrix
         if self.trainer.world_size > 1:  # one confusion matrix summed over ranks
-            matrix = self.all_gather(matrix).sum(0)
+            gathered = self.all_gather(matrix)
+            assert isinstance(gathered, torch.Tensor)
+            matrix = gathered.sum(0)
         metrics = compute_metrics(
             matrix.cpu().numpy(), self.class_names, task=self.task, split="val"
         )
@@ -107,8 +116,12 @@ class LiandanTask(L.LightningModule):
         for key in ("accuracy", "balanced_accuracy", "kappa", "macro_f1", "mean_iou"):
             value = metrics["overall"].get(key)
             # undefined (null) metrics are logged as NaN for the curves, never as 0
-            self.log(f"val/{key}", float("nan") if value is None else float(value),
-                     prog_bar=key in ("mean_iou", "macro_f1", "accuracy"), sync_dist=False)
+            self.log(
+                f"val/{key}",
+                float("nan") if value is None else float(value),
+                prog_bar=key in ("mean_iou", "macro_f1", "accuracy"),
+                sync_dist=False,
+            )
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:

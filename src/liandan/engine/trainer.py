@@ -70,7 +70,9 @@ def build_trainer(cfg: Config, run_dir: Path) -> tuple[L.Trainer, HistoryCallbac
         log_every_n_steps=1,
         enable_progress_bar=cfg.train.progress,
         enable_model_summary=False,
-        deterministic=not torch.cuda.is_available(),
+        # seeded and reproducible on CPU; "warn" lets ops without a deterministic kernel
+        # (e.g. max-unpooling in SegNet) run instead of stopping the run
+        deterministic="warn" if not torch.cuda.is_available() else False,
         benchmark=torch.cuda.is_available(),
     )
     return trainer, history

@@ -84,8 +84,15 @@ def plot_confusion(metrics: dict[str, Any], out: Path) -> Path:
             for i in range(n):
                 for j in range(n):
                     color = "white" if data[i, j] > top / 2 else "black"
-                    ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center",
-                            color=color, fontsize=8)
+                    ax.text(
+                        j,
+                        i,
+                        fmt.format(data[i, j]),
+                        ha="center",
+                        va="center",
+                        color=color,
+                        fontsize=8,
+                    )
     fig.tight_layout()
     target = out / "confusion_matrix.png"
     fig.savefig(target, dpi=100)
