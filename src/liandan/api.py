@@ -279,7 +279,7 @@ DEMO_OVERRIDES = {
     "classify": [
         "model.arch=lenet",
         "data.image_size=32",
-        "train.epochs=8",
+        "train.epochs=15",
         "train.batch_size=32",
         "optim.lr=3e-3",
         "augment.hflip=0.0",  # digits are not mirror-symmetric
