@@ -197,3 +197,39 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     assert main(["predict", str(tmp_path), str(tmp_path)]) == 1
     assert "model.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["segment", "classify"])
+def test_demo_runs_end_to_end_with_short_overrides(tmp_path: Path, task: str) -> None:
+    runs = tmp_path / "runs"
+    quick = ["train.epochs=1", "train.steps_per_epoch=2", "train.progress=false"]
+    assert main(["demo", "--task", task, "--out", str(runs), *quick]) == 0
+    run = runs / "demo"
+    check_run_files = json.loads((run / "metrics.json").read_text())
+    assert check_run_files["task"] == task
+    assert (run / "data" / "README.txt").is_file()
+    if task == "segment":
+        with rasterio.open(run / "predictions" / "scene.tif") as pred:
+            with rasterio.open(run / "data" / "scene" / "scene.tif") as scene:
+                assert pred.crs == scene.crs and pred.transform == scene.transform
+    # a second demo never overwrites the first
+    assert main(["demo", "--task", task, "--out", str(runs), *quick]) == 0
+    assert (runs / "demo-2" / "model" / "model.json").is_file()
+
+
+@pytest.mark.slow
+def test_config_yaml_of_a_run_reproduces_it(tmp_path: Path) -> None:
+    data = make_imagefolder(tmp_path / "data")
+    runs = tmp_path / "runs"
+    assert main(["train", str(data), *FAST_CLS, "--out", str(runs), "--name", "a"]) == 0
+    config = runs / "a" / "config.yaml"
+    assert main(["train", "--config", str(config), "--out", str(runs), "--name", "b"]) == 0
+    first = json.loads((runs / "a" / "metrics.json").read_text())
+    second = json.loads((runs / "b" / "metrics.json").read_text())
+    assert first["confusion_matrix"] == second["confusion_matrix"]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(runs / "a" / "model" / "weights.safetensors"))
+    wb = load_file(str(runs / "b" / "model" / "weights.safetensors"))
+    assert all((wa[k] == wb[k]).all() for k in wa)

@@ -356,3 +356,102 @@ def test_fbeta_matches_scikit_learn_for_any_beta(
     for i in range(n):
         assert _close(m["per_class"][f"c{i}"]["fbeta"], expected[i])
     assert m["overall"]["beta"] == beta
+
+
+# ---------------------------------------------------------------- extras (metrics_extra)
+
+
+@st.composite
+def prob_arrays(draw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(probs (N, K) rows summing to 1, targets (N,)); some classes may be absent."""
+    k = draw(st.integers(2, 7))
+    n = draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, k)) * draw(st.floats(0.1, 5.0))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    targets = rng.integers(0, draw(st.integers(1, k)), n)
+    return probs, targets
+
+
+@given(prob_arrays())
+@PROPERTY
+def test_probability_metrics_match_scikit_learn(arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    from liandan.metrics_extra import classification_extras
+
+    probs, targets = arrays
+    k = probs.shape[1]
+    names = [f"c{i}" for i in range(k)]
+    extras = classification_extras(probs, targets, names)
+    if k > 5:
+        expected = skm.top_k_accuracy_score(targets, probs, k=5, labels=list(range(k)))
+        assert extras["overall"]["top5_accuracy"] == pytest.approx(expected)
+    else:
+        assert "top5_accuracy" not in extras["overall"]
+    for c, name in enumerate(names):
+        row = extras["per_class"][name]
+        positive = targets == c
+        if not positive.any():  # absent from truth: both undefined
+            assert row["roc_auc"] is None and row["average_precision"] is None
+            continue
+        ap = skm.average_precision_score(positive, probs[:, c])
+        assert row["average_precision"] == pytest.approx(ap)
+        if positive.all():  # no negatives: no ROC curve
+            assert row["roc_auc"] is None
+        else:
+            assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(positive, probs[:, c]))
+    assert 0.0 <= extras["overall"]["ece"] <= 1.0
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    from liandan.metrics_extra import expected_calibration_error
+
+    # bins of width 0.25: {0.6, 0.6} -> acc 0.5, conf 0.6; {0.9, 1.0} -> acc 1, conf 0.95
+    probs = np.array([[0.6, 0.4], [0.4, 0.6], [0.9, 0.1], [0.0, 1.0]])
+    targets = np.array([0, 0, 0, 1])
+    assert expected_calibration_error(probs, targets, bins=4) == pytest.approx(
+        0.5 * 0.1 + 0.5 * 0.05
+    )
+    assert expected_calibration_error(probs, targets, bins=2) == pytest.approx(0.775 - 0.75)
+    perfect = np.eye(3)
+    assert expected_calibration_error(perfect, np.arange(3)) == 0.0
+    assert expected_calibration_error(np.zeros((0, 3)), np.zeros(0, np.int64)) is None
+
+
+def test_image_iou_and_worst_images() -> None:
+    from liandan.metrics_extra import image_iou, segmentation_extras
+
+    assert image_iou(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])) == pytest.approx(
+        (3 / 4 + 2 / 3) / 2
+    )  # class 2 is in neither truth nor prediction: left out
+    assert image_iou(np.zeros((3, 3), np.int64)) is None
+    matrix = np.array([[5, 2], [1, 0]])
+    extras = segmentation_extras(["a", "b", "c", "d"], [0.5, None, 0.2, 0.9], ["x", "y"], matrix)
+    assert [w["image"] for w in extras["worst_images"]] == ["c", "a", "d"]
+    assert extras["image_iou"]["count"] == 3
+    assert extras["overall"]["image_iou_median"] == pytest.approx(0.5)
+    assert extras["overall"]["image_iou_min"] == pytest.approx(0.2)
+    assert extras["most_confused"][0] == {"truth": "x", "predicted": "y", "count": 2}
+
+
+def test_extras_never_replace_the_required_keys() -> None:
+    from liandan.metrics_extra import add_extras
+
+    metrics = _metrics([[1, 1], [0, 2]])
+    before = json.dumps(metrics, sort_keys=True)
+    add_extras(
+        metrics,
+        {
+            "overall": {"accuracy": -1, "ece": 0.1},
+            "per_class": {"c0": {"iou": -1, "roc_auc": 0.5}},
+            "classes": ["bogus"],
+            "most_confused": [],
+        },
+    )
+    assert metrics["overall"]["ece"] == 0.1 and metrics["per_class"]["c0"]["roc_auc"] == 0.5
+    assert metrics["most_confused"] == []
+    for key in ("accuracy",):
+        assert metrics["overall"][key] == json.loads(before)["overall"][key]
+    assert metrics["per_class"]["c0"]["iou"] == json.loads(before)["per_class"]["c0"]["iou"]
+    assert metrics["classes"] == ["c0", "c1"]
+    json.dumps(metrics, allow_nan=False)  # still valid metrics.json

@@ -19,9 +19,14 @@ __all__ = [
     "LiandanError",
     "demo",
     "evaluate",
+    "export",
+    "plan",
     "predict",
+    "report",
+    "scan",
     "score",
     "train",
+    "tune",
 ]
 
 from liandan.config import Config
@@ -38,8 +43,24 @@ def __getattr__(name: str) -> Any:
         from liandan.predict import predict
 
         return predict
+    if name == "export":
+        from liandan.export import export
+
+        return export
+    if name == "scan":
+        from liandan.scan_report import scan
+
+        return scan
+    if name in ("plan", "tune"):  # callable modules: liandan.plan(DATA), liandan.tune(DATA)
+        import importlib
+
+        return importlib.import_module(f"liandan.{name}")
     if name == "score":
         from liandan.score import score
 
         return score
+    if name == "report":  # the package is callable: liandan.report(run) builds report.html
+        import liandan.report
+
+        return liandan.report
     raise AttributeError(f"module 'liandan' has no attribute {name!r}")

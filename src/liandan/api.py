@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from liandan.config import Config
-from liandan.data.datamodule import DataBundle, build_data, split_samples
-from liandan.data.datasets import load_image
-from liandan.data.layouts import ClassSpec, find_samples
-from liandan.data.scan import MaskMapper, check_dataset
+from liandan.data.datamodule import DataBundle, build_data
+from liandan.data.rasters import pixel_size
 from liandan.errors import CheckpointError, ConfigError
-from liandan.metrics import ConfusionMatrix, compute_metrics
+from liandan.metrics import compute_metrics
+from liandan.report.samples import SampleResults
 from liandan.runs import atomic_write_json, create_run_dir, read_model_json, save_model_bundle
 
 log = logging.getLogger("liandan")
@@ -59,7 +57,7 @@ def _class_weights(cfg: Config, bundle: DataBundle) -> torch.Tensor | None:
     if setting == "none":
         return None
     if setting == "auto":
-        return compute_class_weights(bundle.class_counts())
+        return compute_class_weights(bundle.class_counts(), cfg.loss.class_weighting)
     if len(setting) != bundle.classes.num_classes:
         raise ConfigError(
             f"{len(setting)} class weights for {bundle.classes.num_classes} classes",
@@ -83,9 +81,10 @@ def model_meta(cfg: Config, bundle: DataBundle) -> dict[str, Any]:
         "bands": cfg.data.bands,
         "dtype": bundle.checked.dtype,
         "to_rgb": bundle.checked.to_rgb,
-        "pixel_size": None,
+        "pixel_size": pixel_size([s.image for s in bundle.splits["train"]]),
         "normalization": bundle.normalizer.to_dict(),
         "image_size": cfg.data.image_size,
+        "eval_resize": cfg.augment.eval_resize,  # classify: resize x this, centre-crop
         "tile_size": cfg.predict.tile,
         "arch": cfg.model.arch,
         "encoder": cfg.model.encoder,
@@ -114,6 +113,8 @@ def train(
     *,
     out: str | Path = "runs",
     name: str = "train",
+    init_from: str | Path | None = None,
+    plan: bool = False,
 ) -> RunResult:
     """Train a model and write a run folder.
 
@@ -123,50 +124,168 @@ def train(
         overrides: dotted ``key=value`` strings.
         out: parent folder of runs.
         name: run name; ``name-2``, ``name-3`` ... when it exists.
+        init_from: a run folder whose weights start this training (continue on new
+            data); sets ``model.weights`` to its ``model/weights.safetensors``.
+        plan: start from ``liandan plan``'s config for DATA (the config file and
+            overrides win); writes plan.yaml and plan.md into the run.
 
     >>> result = liandan.train("data/", overrides=["train.epochs=5"])  # doctest: +SKIP
     >>> result.metrics["overall"]["mean_iou"]  # doctest: +SKIP
     0.81
     """
+    planned = None
+    if plan:  # rules from the dataset fingerprint; the config file and overrides win
+        from liandan.plan import planned_config
+
+        config, planned = planned_config(data, config, overrides)
+        overrides = None
     cfg = _as_config(config, overrides)
+    if init_from is not None:
+        _init_from(cfg, Path(init_from))
     if data is not None:
-        cfg.data.root = Path(data)
+        # absolute, so `train --config runs/NAME/config.yaml` works from any folder
+        cfg.data.root = Path(data).resolve()
     bundle = build_data(cfg)  # fails on bad data before a run folder is made
     run_dir = create_run_dir(out, name)
+    if planned is not None:
+        planned.write(run_dir / "plan.yaml")
     return train_into(cfg, bundle, run_dir)
 
 
-def train_into(cfg: Config, bundle: DataBundle, run_dir: Path) -> RunResult:
-    """Train into an existing run folder (used by ``train`` and ``demo``)."""
+def resume(run: str | Path, *, unsafe_load: bool = False) -> RunResult:
+    """Continue an interrupted run in its own folder, from its newest complete checkpoint.
+
+    Model, optimizer, scheduler, EMA, epoch/step counters, history and random states
+    are restored; the config is the run's ``config.yaml``. A damaged ``last.ckpt``
+    falls back to ``last-prev.ckpt`` (then ``best.ckpt``) with a warning.
+
+    >>> liandan.resume("runs/train")  # doctest: +SKIP
+    """
+    from liandan.engine.checkpoint import find_resume_checkpoint
+
+    run_dir = Path(run)
+    cfg = _run_config(run_dir)
+    if unsafe_load:
+        cfg.train.unsafe_load = True
+    ckpt = find_resume_checkpoint(run_dir, unsafe=cfg.train.unsafe_load)
+    log.info("resuming %s from %s", run_dir, ckpt.name)
+    bundle = build_data(cfg)
+    return train_into(cfg, bundle, run_dir, ckpt_path=ckpt)
+
+
+def train_into(
+    cfg: Config,
+    bundle: DataBundle,
+    run_dir: Path,
+    ckpt_path: Path | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> RunResult:
+    """Train into an existing run folder (used by ``train``, ``resume`` and ``demo``)."""
+    from liandan.engine.checkpoint import load_checkpoint_file
     from liandan.engine.task import LiandanTask
     from liandan.engine.trainer import build_trainer
 
     start = time.perf_counter()
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     resolve_auto(cfg, bundle)
+    if cfg.optim.lr == "auto":  # the lr range test, written resolved into config.yaml
+        from liandan.lr_find import lr_find_for_config, write_lr_find
+
+        found = lr_find_for_config(cfg, bundle, _class_weights(cfg, bundle))
+        write_lr_find(run_dir, found)
+        cfg.optim.lr = found.suggestion
+        log.info("optim.lr=auto: the lr range test suggests %.3g", found.suggestion)
+    if cfg.train.budget and ckpt_path is None:  # epochs (and schedule) fitted to the budget
+        from liandan.engine.budget import fit_budget
+
+        spent = time.perf_counter() - start
+        fit_budget(cfg, bundle, _class_weights(cfg, bundle), run_dir, spent)
     cfg.save(run_dir / "config.yaml")
     if bundle.index.skipped:
         atomic_write_json(run_dir / "skipped.json", bundle.index.skipped)
     task = LiandanTask(cfg, bundle.classes.names, bundle.in_channels, _class_weights(cfg, bundle))
-    trainer, _ = build_trainer(cfg, run_dir)
-    trainer.fit(task, bundle.train_loader, bundle.val_loader)
+    trainer, _ = build_trainer(cfg, run_dir, callbacks)
+    trainer.fit(task, bundle.train_loader, bundle.val_loader, ckpt_path=ckpt_path)
     # Export the best epoch's weights (EMA ones when enabled) as safetensors + model.json.
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(best, unsafe=cfg.train.unsafe_load)
         task.load_state_dict(state["state_dict"])
         if "ema_state" in state and task.ema is not None:
             task.ema.load_state_dict(state["ema_state"])
     save_model_bundle(run_dir, task.eval_model().state_dict(), model_meta(cfg, bundle))
-    metrics = evaluate(run_dir, split="val", _bundle=bundle)
+    metrics, samples = _evaluate(run_dir, split="val", write=True, bundle=bundle)
     duration = time.perf_counter() - start
-    try:
-        from liandan.report import write_plots
+    if cfg.train.budget:
+        from liandan.engine.budget import record_total
 
-        write_plots(run_dir, metrics)
-    except Exception as exc:  # a plot must never cost the user a finished run
-        log.warning("plots were not written: %s", exc)
+        record_total(run_dir, duration)
+    try:
+        from liandan.report import write_report
+
+        write_report(
+            run_dir, metrics, bundle=bundle, results=samples, duration_s=duration, tensorboard=True
+        )
+    except Exception as exc:  # a report must never cost the user a finished run
+        log.warning("the report was not written: %s", exc, exc_info=log.isEnabledFor(10))
     return RunResult(run_dir, metrics, cfg, list(bundle.notes), duration)
+
+
+def _init_from(cfg: Config, run: Path) -> None:
+    """Start from another run's weights: its architecture unless the config names one."""
+    weights = run / "model" / "weights.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(
+            "the run has no model/weights.safetensors", where=run, hint="pass a finished run"
+        )
+    _, meta = read_model_json(run)
+    if cfg.model.arch == "auto":
+        cfg.model.arch = str(meta.get("arch") or "auto")
+        cfg.model.encoder = str(meta.get("encoder") or cfg.model.encoder)
+    cfg.model.weights = str(weights.resolve())
+
+
+def lr_find(
+    data: str | Path | None = None,
+    config: Config | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    out: str | Path = "runs",
+    name: str = "lr-find",
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    method: str = "valley",
+) -> tuple[Path, Any]:
+    """The learning-rate range test: writes lr_find.png/.csv/.json into a run folder.
+
+    Returns the folder and an :class:`liandan.lr_find.LRFindResult`.
+
+    >>> folder, result = liandan.api.lr_find("data/")  # doctest: +SKIP
+    >>> result.suggestion  # doctest: +SKIP
+    0.0012
+    """
+    from liandan.lr_find import lr_find_for_config, write_lr_find
+
+    cfg = _as_config(config, overrides)
+    if data is not None:
+        cfg.data.root = Path(data).resolve()
+    bundle = build_data(cfg)
+    run_dir = create_run_dir(out, name)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    resolve_auto(cfg, bundle)
+    result = lr_find_for_config(
+        cfg,
+        bundle,
+        _class_weights(cfg, bundle),
+        steps=steps,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        method=method,
+    )
+    cfg.save(run_dir / "config.yaml")
+    write_lr_find(run_dir, result)
+    return run_dir, result
 
 
 def _run_config(run: Path) -> Config:
@@ -192,68 +311,54 @@ def evaluate(
     >>> liandan.evaluate("runs/train", split="test")["overall"]["accuracy"]  # doctest: +SKIP
     0.93
     """
+    return _evaluate(run, data, split=split, write=write, bundle=_bundle)[0]
+
+
+def _evaluate(
+    run: str | Path,
+    data: str | Path | None = None,
+    *,
+    split: str,
+    write: bool,
+    bundle: DataBundle | None = None,
+) -> tuple[dict[str, Any], SampleResults]:
+    """``evaluate``, also returning the per-sample results (the report's galleries)."""
+    from liandan.metrics_extra import add_extras
     from liandan.predict import Predictor
+    from liandan.report.samples import (
+        classes_from_meta,
+        evaluate_samples,
+        pick_split,
+        rebuild_splits,
+    )
 
     run = Path(run)
     _, meta = read_model_json(run)
     cfg = _run_config(run)
     if data is not None:
         cfg.data.root = Path(data)
-    classes = ClassSpec(
-        list(meta["classes"]),
-        values=meta.get("values"),
-        colors=[tuple(c) for c in meta.get("colors") or []],  # type: ignore[misc]
-        ignore_index=meta.get("ignore_index"),
-        color_masks=bool(meta.get("color_masks")),
-    )
-    if _bundle is not None:
-        checked, splits = _bundle.checked, _bundle.splits
-    else:
-        if cfg.data.root is None:
-            raise ConfigError("no dataset to evaluate on", where="data.root")
-        index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
-        if index.task == "segment":
-            index.classes = classes
-        elif index.classes.names != classes.names:
-            raise ConfigError(
-                f"the dataset's classes {index.classes.names} differ from the model's "
-                f"{classes.names}",
-                where=cfg.data.root,
-            )
-        checked = check_dataset(index, bands=cfg.data.bands, on_error=cfg.data.on_error)
-        splits = split_samples(index, cfg.data.val_fraction, cfg.train.seed)
-    if split == "all":
-        samples = [s for name in ("train", "val", "test") for s in splits.get(name, [])]
-    else:
-        samples = splits.get(split, [])
-    if not samples:
-        raise ConfigError(
-            f"the dataset has no {split!r} split",
-            where="--split",
-            hint="use --split val, test or all",
-        )
-    predictor = Predictor.from_run(run, tile=cfg.predict.tile, overlap=cfg.predict.overlap)
-    mapper = MaskMapper(classes) if meta["task"] == "segment" else None
-    cm = ConfusionMatrix(len(classes.names), ignore_index=-1)
-    for sample in samples:
-        image = load_image(checked, sample, cfg.data.bands)
-        probs = predictor.predict_array(image, sample.image)
-        if mapper is not None:
-            assert isinstance(sample.target, Path)
-            truth = checked.masks.get(sample.target)
-            if truth is None:
-                from liandan.data.readers import read_mask
+    classes = classes_from_meta(meta)
+    if bundle is None and split == "val" and meta["task"] == "segment":
+        from liandan.data.rasters import raster_bundle
 
-                truth = mapper.map(read_mask(sample.target))
-            cm.update(torch.from_numpy(probs.argmax(0)), torch.from_numpy(truth.astype(np.int64)))
-        else:
-            assert isinstance(sample.target, int)
-            cm.update(torch.tensor([int(probs.argmax())]), torch.tensor([sample.target]))
-    metrics = compute_metrics(cm.numpy(), classes.names, task=meta["task"], split=split)
+        bundle = raster_bundle(cfg, classes)  # rasters: the same validation tile grid
+    if bundle is not None:
+        checked, splits = bundle.checked, bundle.splits
+    else:
+        checked, splits = rebuild_splits(cfg, classes)
+    samples = pick_split(splits, split)
+    predictor = Predictor.from_run(run, tile=cfg.predict.tile, overlap=cfg.predict.overlap)
+    raster_val = getattr(bundle.val_loader.dataset, "evaluate_with", None) if bundle else None
+    if raster_val is not None and split == "val":  # rasters: the validation tile grid
+        results = raster_val(predictor)
+    else:
+        results = evaluate_samples(predictor, checked, samples, bands=cfg.data.bands)
+    metrics = compute_metrics(results.confusion, classes.names, task=meta["task"], split=split)
+    add_extras(metrics, results.extras())
     if write:
         name = "metrics.json" if split == "val" else f"metrics_{split}.json"
         atomic_write_json(run / name, metrics)
-    return metrics
+    return metrics, results
 
 
 @dataclass
@@ -317,7 +422,7 @@ def demo(
     else:
         make_classify_demo(data_dir)
     cfg = Config.load(None, DEMO_OVERRIDES[task] + list(overrides or []))
-    cfg.data.root = data_dir
+    cfg.data.root = data_dir.resolve()
     bundle = build_data(cfg)
     result = train_into(cfg, bundle, run_dir)
     demo_result = DemoResult(**vars(result))

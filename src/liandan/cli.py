@@ -20,7 +20,7 @@ try:  # recent typer releases vendor click; its exceptions are the ones raised
 except ImportError:  # pragma: no cover - older typer uses the click package
     from click.exceptions import BadParameter, ClickException, UsageError  # type: ignore
 
-from liandan.errors import LiandanError
+from liandan.errors import LiandanError, TrainingInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -85,16 +85,80 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
     out: OutOpt = Path("runs"),
     name: Annotated[str, typer.Option(help="run name (suffixed when it exists)")] = "train",
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="start from this run's weights (new data, new head)"),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue this interrupted run (its folder)")
+    ] = None,
+    unsafe_load: Annotated[
+        bool, typer.Option("--unsafe-load", help="allow pickled checkpoints (trusted files only)")
+    ] = False,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="start from `liandan plan`'s config for DATA")
+    ] = False,
+    budget: Annotated[
+        str | None, typer.Option(help="wall-clock budget, e.g. 10m: epochs fitted to it")
+    ] = None,
 ) -> None:
     """Train a model on DATA (or data.root from the config)."""
+    from liandan.api import resume as run_resume
     from liandan.api import train as run_train
 
     data, overrides = _split_args(args)
-    result = run_train(data, config, overrides, out=out, name=name)
+    if resume is not None:
+        if data or overrides or config or init_from:
+            raise UsageError("--resume takes only the run folder: its config.yaml is used")
+        result = run_resume(resume, unsafe_load=unsafe_load)
+    else:
+        if unsafe_load:
+            overrides.append("train.unsafe_load=true")
+        if budget is not None:
+            overrides.append(f"train.budget={budget}")
+        result = run_train(
+            data, config, overrides, out=out, name=name, init_from=init_from, plan=plan
+        )
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
     _show_metrics(result.metrics, f"validation metrics of [bold]{result.run_dir}[/bold]")
     console.print(f"run folder: {result.run_dir}")
+
+
+@app.command("lr-find")
+def lr_find(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]..."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
+    out: OutOpt = Path("runs"),
+    name: Annotated[str, typer.Option(help="folder name (suffixed when it exists)")] = "lr-find",
+    steps: Annotated[int, typer.Option(min=2, help="most training steps")] = 100,
+    start_lr: Annotated[float, typer.Option(help="first learning rate")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="last learning rate")] = 10.0,
+    method: Annotated[str, typer.Option(help="valley or steepest")] = "valley",
+) -> None:
+    """Learning-rate range test: suggests optim.lr and plots loss against lr."""
+    from liandan.api import lr_find as run_lr_find
+
+    if method not in ("valley", "steepest"):
+        raise BadParameter("must be valley or steepest", param_hint="--method")
+    data, overrides = _split_args(args)
+    folder, result = run_lr_find(
+        data,
+        config,
+        overrides,
+        out=out,
+        name=name,
+        steps=steps,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        method=method,
+    )
+    others = ", ".join(f"{k} {v:.2e}" for k, v in sorted(result.suggestions.items()))
+    console.print(f"suggested optim.lr={result.suggestion:.2e} ({others})")
+    console.print(f"plot and curve: {folder / 'lr_find.png'}")
 
 
 @app.command()
@@ -125,15 +189,40 @@ def predict(
     overlap: Annotated[float, typer.Option(help="tile overlap fraction")] = 0.25,
     blend: Annotated[str, typer.Option(help="gaussian, hann or none")] = "gaussian",
     tta: Annotated[bool, typer.Option("--tta", help="flip test-time augmentation")] = False,
+    probs: Annotated[
+        bool, typer.Option("--probs", help="rasters: also write probabilities")
+    ] = False,
+    vector: Annotated[
+        str | None, typer.Option(help="rasters: also write polygons (geojson or gpkg)")
+    ] = None,
+    min_area: Annotated[float, typer.Option(help="smallest polygon kept, in pixels")] = 0.0,
+    cog: Annotated[bool, typer.Option("--cog", help="rasters: Cloud-Optimized GeoTIFF")] = False,
+    batch_size: Annotated[int, typer.Option(help="tiles per batch")] = 8,
 ) -> None:
-    """Predict images or rasters with a trained run."""
+    """Predict images or rasters with a trained run (rasters are streamed, any size)."""
     from liandan.predict import predict as run_predict
 
     if blend not in ("gaussian", "hann", "none"):
         raise BadParameter("must be gaussian, hann or none", param_hint="--blend")
     if not 0 <= overlap < 1:
         raise BadParameter("must be in [0, 1)", param_hint="--overlap")
-    result = run_predict(run, inputs, out=out, tile=tile, overlap=overlap, blend=blend, tta=tta)
+    if vector not in (None, "geojson", "gpkg"):
+        raise BadParameter("must be geojson or gpkg", param_hint="--vector")
+    result = run_predict(
+        run,
+        inputs,
+        out=out,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        tta=tta,
+        batch_size=batch_size,
+        probs=probs,
+        vector=vector,
+        min_area=min_area,
+        cog=cog,
+        progress=sys.stderr.isatty(),
+    )
     console.print(f"{len(result.predictions)} input(s) predicted: {result.out_dir}")
 
 
@@ -143,15 +232,141 @@ def score(
     truth: Annotated[Path, typer.Argument(help="ground truth of the same kind")],
     as_json: Annotated[bool, typer.Option("--json", help="print metrics.json")] = False,
     ignore_index: Annotated[int | None, typer.Option(help="truth value to ignore")] = None,
+    nodata: Annotated[int | None, typer.Option(help="value meaning no data (not counted)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder to write metrics.json and confusion_matrix.png"),
+    ] = None,
 ) -> None:
     """Metrics for any predictions against ground truth."""
     from liandan.score import score as run_score
 
-    metrics = run_score(pred, truth, ignore_index=ignore_index)
+    metrics = run_score(pred, truth, ignore_index=ignore_index, nodata=nodata, out=out)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
         _show_metrics(metrics, f"{pred} against {truth}")
+        if out is not None:
+            console.print(f"written: {out / 'metrics.json'}, {out / 'confusion_matrix.png'}")
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """(Re)build a run's report.html and plots/ (predicts its validation split again)."""
+    from liandan.report import write_report
+
+    console.print(f"report: {write_report(run)}")
+
+
+@app.command()
+def scan(
+    data: Annotated[Path, typer.Argument(help="dataset folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="decode every file again")] = False,
+) -> None:
+    """Check every file of DATA and print its fingerprint; exit 1 on a blocking problem."""
+    from liandan.scan_report import print_report
+    from liandan.scan_report import scan as run_scan
+
+    report = run_scan(data, use_cache=not no_cache, progress=not as_json)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, console)
+    if not report.ok:
+        from liandan.errors import DataError
+
+        raise DataError(
+            "the dataset has problems that would stop training (listed above)",
+            where=data,
+            hint="fix or remove those files, or train with data.on_error=skip to leave them out",
+        )
+
+
+@app.command("plan")
+def plan_cmd(
+    data: Annotated[Path, typer.Argument(help="dataset folder")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="plan YAML")] = Path("plan.yaml"),
+    budget: Annotated[str | None, typer.Option(help="wall-clock budget, e.g. 10m")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+) -> None:
+    """Plan a complete config for DATA from its fingerprint (trains nothing)."""
+    from liandan.config import parse_duration
+    from liandan.plan import plan as run_plan
+
+    if device not in ("cpu", "cuda", "auto"):
+        raise BadParameter("must be cpu, cuda or auto", param_hint="--device")
+    if budget is not None:
+        parse_duration(budget)
+    result = run_plan(data, budget=budget, device=device)
+    yaml_path, md_path = result.write(output)
+    console.print(result.markdown(), markup=False, highlight=False)
+    console.print(f"plan written: {yaml_path} and {md_path}; train it with "
+                  f"`liandan train --config {yaml_path}`")  # fmt: skip
+
+
+@app.command("tune")
+def tune_cmd(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="DATA then key=value overrides", metavar="DATA [KEY=VALUE]..."),
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="trials to run now")] = 20,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="base YAML config")] = None,
+    space: Annotated[Path | None, typer.Option(help="search space YAML")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: SQLite in the folder)")
+    ] = None,
+    budget: Annotated[str | None, typer.Option(help="wall-clock budget per trial")] = None,
+    name: Annotated[str, typer.Option(help="study name; an existing one continues")] = "study",
+    pruner: Annotated[str, typer.Option(help="median or hyperband")] = "median",
+    out: OutOpt = Path("runs"),
+) -> None:
+    """Hyper-parameter search with Optuna; every trial is a run in runs/tune-NAME/."""
+    from liandan.tune import trials_table
+    from liandan.tune import tune as run_tune
+
+    data, overrides = _split_args(args)
+    if data is None:
+        raise UsageError("give the DATA folder")
+    result = run_tune(
+        data,
+        trials=trials,
+        config=config,
+        overrides=overrides,
+        space=space,
+        storage=storage,
+        budget=budget,
+        name=name,
+        out=out,
+        pruner=pruner,
+    )
+    console.print(trials_table(result.folder))
+    if result.best_config is None:
+        console.print("no trial finished: no best config yet")
+    else:
+        console.print(f"best {result.best_value:.4f} with {result.best_params}")
+        console.print(f"best config: {result.folder / 'best.yaml'}")
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    dynamic: Annotated[
+        bool | None, typer.Option("--dynamic/--static", help="dynamic height/width")
+    ] = None,
+) -> None:
+    """Export a run's model to ONNX or TorchScript with its model.json bundle."""
+    from liandan.export import export as run_export
+
+    if format not in ("onnx", "torchscript"):
+        raise BadParameter("must be onnx or torchscript", param_hint="--format")
+    result = run_export(run, format, out=out, opset=opset, dynamic=dynamic)
+    diffs = ", ".join(f"{k}: {v:.1e}" for k, v in result.max_abs_diff.items())
+    console.print(f"exported {result.model_file} (max probability difference {diffs})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClickException as exc:
         exc.show()
         return exc.exit_code
+    except TrainingInterrupted as exc:  # last.ckpt was written; the message says how to resume
+        err_console.print(f"[bold]interrupted:[/bold] {exc}", highlight=False)
+        return 130
     except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted")
         return 130

@@ -37,12 +37,19 @@ class DataConfig(Section):
     image_size: int = Field(256, ge=8)  # images are resized to this square size
     tile_size: int = Field(512, ge=16)  # large rasters are trained on tiles of this size
     max_image_size: int = Field(2048, ge=64)  # larger images are tiled, not resized
+    tiles_per_epoch: int = Field(256, ge=1)  # random training tiles per epoch (rasters)
+    max_nodata_fraction: float = Field(0.5, ge=0.0, le=1.0)  # rasters: skip tiles with more
+    split: Literal["auto", "files", "spatial"] = "auto"  # rasters: auto = spatial without val/
+    label_attribute: str = "class"  # polygon labels: attribute holding class name or value
+    unlabelled: Literal["background", "ignore"] = "background"  # polygon labels: other pixels
+    align: Literal["error", "warp"] = "error"  # label raster on another grid: fail, or warp
     bands: list[int] | None = None  # 1-based band indices, as in GDAL
     normalize: Literal["dataset", "imagenet", "vgg", "unit", "percentile", "zca"] = "dataset"
     percentiles: tuple[float, float] = (2.0, 98.0)  # for normalize: percentile
     ignore_index: int | None = None  # mask value excluded from loss and metrics
     on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in the run
     cache: bool = True  # keep decoded images in memory when they fit (small datasets)
+    sampler: Literal["random", "balanced"] = "random"  # balanced: even classes / rare-class crops
 
 
 class ModelConfig(Section):
@@ -52,7 +59,8 @@ class ModelConfig(Section):
     attention: Literal["none", "scse", "se", "cbam"] = "none"
     transfer: Literal["full", "partial", "frozen"] = "full"
     frozen_stages: int = Field(0, ge=0)  # for transfer: partial
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # None: the architecture's default
+    freeze_bn: bool = False  # keep BatchNorm running statistics fixed (small-batch fine-tuning)
 
 
 class LossConfig(Section):
@@ -61,16 +69,26 @@ class LossConfig(Section):
     class_weights: Literal["none", "auto"] | list[float] = "none"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
+    class_weighting: Literal["inverse", "median", "effective"] = "inverse"  # class_weights: auto
+    tversky_alpha: float = Field(0.3, ge=0.0)  # tversky, focal_tversky: weight of false positives
+    tversky_beta: float = Field(0.7, ge=0.0)  # tversky, focal_tversky: weight of false negatives
 
 
 class OptimConfig(Section):
     name: Literal["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"] = "adamw"
-    lr: float = Field(1.0e-3, gt=0.0)
+    lr: float | Literal["auto"] = 1.0e-3  # peak learning rate (> 0); auto: found by lr-find
     weight_decay: float = Field(1.0e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd / rmsprop
     nesterov: bool = False
     ema: float | None = Field(None, gt=0.0, lt=1.0)  # decay of a weight moving average
     encoder_lr_mult: float = Field(1.0, gt=0.0)  # lr of pretrained encoder = lr * this
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and value <= 0:
+            raise ValueError("the learning rate must be > 0 (or auto)")
+        return value
 
 
 class ScheduleConfig(Section):
@@ -86,6 +104,7 @@ class ScheduleConfig(Section):
         "plateau",
     ] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0.0)
+    warmup_start_factor: float = Field(0.01, gt=0.0, le=1.0)  # warmup starts at lr * this
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)  # final lr = lr * this (cosine, poly)
     step_size: int = Field(10, ge=1)  # step
     milestones: list[int] = [10, 15]  # multistep
@@ -93,6 +112,7 @@ class ScheduleConfig(Section):
     t0: int = Field(5, ge=1)  # sgdr: epochs of the first cycle
     t_mult: int = Field(2, ge=1)  # sgdr: each cycle is this many times longer
     power: float = Field(0.9, gt=0.0)  # poly
+    patience: int = Field(5, ge=0)  # plateau: epochs without improvement before a cut
 
 
 class AugmentConfig(Section):
@@ -101,6 +121,16 @@ class AugmentConfig(Section):
     rotate90: float = Field(0.0, ge=0.0, le=1.0)
     scale: tuple[float, float] = (1.0, 1.0)  # random-resized-crop area range; (1,1) = off
     brightness_contrast: float = Field(0.0, ge=0.0, le=1.0)  # probability
+    rotate: float = Field(0.0, ge=0.0, le=180.0)  # random rotation within +-degrees
+    shift_scale_rotate: float = Field(0.0, ge=0.0, le=1.0)  # probability of a small affine
+    hue_saturation: float = Field(0.0, ge=0.0, le=1.0)  # probability; RGB images only
+    gamma: float = Field(0.0, ge=0.0, le=1.0)  # probability of a random gamma (per band)
+    blur: float = Field(0.0, ge=0.0, le=1.0)  # probability of a Gaussian blur
+    noise: float = Field(0.0, ge=0.0, le=1.0)  # probability of Gaussian noise
+    coarse_dropout: float = Field(0.0, ge=0.0, le=1.0)  # probability of erasing patches
+    eval_resize: float | None = Field(None, ge=1.0)  # classify eval: resize x this, centre-crop
+    mixup: float = Field(0.0, ge=0.0)  # classify: Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = Field(0.0, ge=0.0)  # classify: Beta(alpha, alpha) of cutmix; 0 = off
 
 
 class TrainConfig(Section):
@@ -115,7 +145,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     num_workers: int | Literal["auto"] = "auto"
     steps_per_epoch: int | None = Field(None, ge=1)  # cap batches per epoch (quick runs)
+    freeze_epochs: int = Field(0, ge=0)  # train the head alone this many epochs, then all
     progress: bool = True
+    unsafe_load: bool = False  # allow checkpoints needing arbitrary unpickling (trusted only)
 
 
 class PredictConfig(Section):

@@ -72,3 +72,10 @@ class TrainingStopped(LiandanError):
     """Training was stopped on purpose, e.g. by the training doctor."""
 
     kind = "training stopped"
+
+
+class TrainingInterrupted(Exception):
+    """Training was interrupted (Ctrl-C, SIGTERM) after ``last`` was written; exit 130.
+
+    Not a LiandanError: nothing is wrong with the user's input, and the CLI exits 130.
+    """

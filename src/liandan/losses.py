@@ -227,8 +227,9 @@ class CombinedLoss(nn.Module):
         return total
 
 
-# Dice is Tversky with alpha = beta = 0.5, Jaccard with alpha = beta = 1; focal Tversky
-# uses alpha=0.3 (FP), beta=0.7 (FN), exponent 1/gamma=0.75 (Abraham & Khan 2019).
+# Dice is Tversky with alpha = beta = 0.5, Jaccard with alpha = beta = 1. Tversky and
+# focal Tversky take loss.tversky_alpha (FP) / tversky_beta (FN), default 0.3 / 0.7
+# (Salehi et al. 2017); focal Tversky's exponent 1/gamma is 0.75 (Abraham & Khan 2019).
 LOSSES.update(
     {
         "ce": lambda ctx: CrossEntropyLoss(
@@ -237,9 +238,11 @@ LOSSES.update(
         "focal": lambda ctx: FocalLoss(ctx.cfg.focal_gamma, ctx.ignore_index, ctx.class_weights),
         "dice": lambda ctx: TverskyLoss(0.5, 0.5, 1.0, ctx.ignore_index, ctx.class_weights),
         "jaccard": lambda ctx: TverskyLoss(1.0, 1.0, 1.0, ctx.ignore_index, ctx.class_weights),
-        "tversky": lambda ctx: TverskyLoss(0.5, 0.5, 1.0, ctx.ignore_index, ctx.class_weights),
+        "tversky": lambda ctx: TverskyLoss(
+            ctx.cfg.tversky_alpha, ctx.cfg.tversky_beta, 1.0, ctx.ignore_index, ctx.class_weights
+        ),
         "focal_tversky": lambda ctx: TverskyLoss(
-            0.3, 0.7, 0.75, ctx.ignore_index, ctx.class_weights
+            ctx.cfg.tversky_alpha, ctx.cfg.tversky_beta, 0.75, ctx.ignore_index, ctx.class_weights
         ),
         "lovasz": lambda ctx: LovaszSoftmaxLoss(ctx.ignore_index),
     }

@@ -29,8 +29,6 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLR
 from liandan.config import OptimConfig, ScheduleConfig
 from liandan.errors import ConfigError
 
-WARMUP_START_FACTOR = 0.01  # warmup ramps linearly from lr * this to lr
-PLATEAU_PATIENCE = 5  # epochs without improvement before plateau cuts lr by schedule.gamma
 ONECYCLE_PCT_START = 0.25  # share of steps rising to the max lr (fastai's fit_one_cycle)
 ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # torch OneCycleLR defaults
 
@@ -97,14 +95,15 @@ def param_groups(
 
 # ----------------------------------------------------------------- optimizers
 OptimizerFactory = Callable[[list[dict[str, Any]], OptimConfig], torch.optim.Optimizer]
+# Each group carries its own lr (param_groups), so the factories need no default lr.
 OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "sgd": lambda g, c: torch.optim.SGD(g, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov),
-    "adagrad": lambda g, c: torch.optim.Adagrad(g, lr=c.lr),
+    "sgd": lambda g, c: torch.optim.SGD(g, momentum=c.momentum, nesterov=c.nesterov),
+    "adagrad": lambda g, c: torch.optim.Adagrad(g),
     # Adadelta's usual lr is 1.0 (Zeiler 2012): it scales an already adaptive step.
-    "adadelta": lambda g, c: torch.optim.Adadelta(g, lr=c.lr),
-    "rmsprop": lambda g, c: torch.optim.RMSprop(g, lr=c.lr, momentum=c.momentum),
-    "adam": lambda g, c: torch.optim.Adam(g, lr=c.lr),  # weight decay as L2 in the gradient
-    "adamw": lambda g, c: torch.optim.AdamW(g, lr=c.lr),  # decoupled weight decay
+    "adadelta": lambda g, c: torch.optim.Adadelta(g),
+    "rmsprop": lambda g, c: torch.optim.RMSprop(g, momentum=c.momentum),
+    "adam": lambda g, c: torch.optim.Adam(g),  # weight decay as L2 in the gradient
+    "adamw": lambda g, c: torch.optim.AdamW(g),  # decoupled weight decay
 }
 
 
@@ -134,6 +133,12 @@ def build_optimizer(
     if cfg.name == "sgd" and cfg.nesterov and cfg.momentum == 0:
         raise ConfigError(
             "nesterov needs momentum", where="optim.nesterov", hint="set optim.momentum, e.g. 0.9"
+        )
+    if isinstance(cfg.lr, str):
+        raise ConfigError(
+            "optim.lr is still auto when the optimizer is built",
+            where="optim.lr",
+            hint="resolve it first (liandan.lr_find.resolve_lr), or set a number",
         )
     groups = param_groups(
         model,
@@ -230,7 +235,8 @@ def _clock(cfg: ScheduleConfig, step: int, epochs: int, steps_per_epoch: int) ->
 
 def _factor(cfg: ScheduleConfig, clock: Clock) -> float:
     if clock.step < clock.warmup:
-        return WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * clock.step / clock.warmup
+        start = cfg.warmup_start_factor
+        return start + (1.0 - start) * clock.step / clock.warmup
     return SCHEDULES[cfg.name](cfg, clock)
 
 
@@ -240,7 +246,8 @@ def lr_at(
     """The learning rate used by optimizer step ``step`` (0-based), in closed form.
 
     Warmup (every schedule but onecycle and plateau): ``warmup_epochs * steps_per_epoch``
-    steps (at most half the run) ramping linearly from ``base_lr * 0.01`` to ``base_lr``;
+    steps (at most half the run) ramping linearly from ``base_lr * warmup_start_factor``
+    (default 0.01) to ``base_lr``;
     then the named schedule. cosine, poly, exponential and sgdr run over the steps
     after warmup; step and multistep count the run's epochs. For plateau, which depends
     on the metric, this is the starting lr.
@@ -274,7 +281,7 @@ def build_scheduler(
     :func:`lr_at`. ``onecycle`` is torch's ``OneCycleLR`` (max lr = each group's lr,
     ``pct_start`` 0.25, momentum cycled when the optimizer has one); it has its own
     warmup, so ``warmup_epochs`` is ignored. ``plateau`` is ``ReduceLROnPlateau`` on
-    the monitored metric (factor ``gamma``, patience 5 epochs, floor
+    the monitored metric (factor ``gamma``, ``patience`` epochs, floor
     ``lr * min_lr_ratio``), stepped per epoch with the metric, and has no warmup.
 
     Args:
@@ -295,7 +302,7 @@ def build_scheduler(
             optimizer,
             mode="max" if mode == "max" else "min",
             factor=cfg.gamma,
-            patience=PLATEAU_PATIENCE,
+            patience=cfg.patience,
             min_lr=floors,
         )
         return plateau, "epoch"

@@ -102,13 +102,22 @@ def read_model_json(run: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def load_model(run: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the network of a run and load its weights (safetensors, never pickle)."""
+    """Rebuild the network of a run and load its weights (safetensors, never pickle).
+
+    An export folder (model.onnx or model.pt beside model.json) loads its exported
+    network instead, without importing Lightning, timm or segmentation_models_pytorch.
+    """
+    folder, meta = read_model_json(run)
+    if "export" in meta:
+        from liandan.export import load_export
+
+        return load_export(folder, meta), meta
+
     from safetensors.torch import load_file
 
     from liandan.config import ModelConfig
     from liandan.models import build_model
 
-    folder, meta = read_model_json(run)
     weights = folder / "weights.safetensors"
     if not weights.is_file():
         raise CheckpointError("weights.safetensors is missing", where=folder)

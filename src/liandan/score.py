@@ -1,14 +1,21 @@
 """``liandan score``: metrics for predictions made by anything against a ground truth.
 
-Inputs: two folders of masks paired by file stem (PNG or GeoTIFF; a ``preview/``
-subfolder is ignored), two mask files, or two CSVs with ``image`` and ``label``
-columns (classification). Classes come from a classes.yaml beside the truth (in the
-folder or its parent); both sides are mapped through the same values.
+Inputs: two folders of masks paired by file stem (PNG or GeoTIFF, any size; a
+``preview/`` subfolder or any other subfolder is ignored), two mask files (e.g. two
+rasters), or two CSVs with ``image`` and ``label`` columns (classification). Classes
+come from a classes.yaml beside the truth (in the folder or its parent), or are
+inferred from the truth masks; both sides are mapped through the same ``values``.
+
+Not counted: truth pixels equal to ``ignore_index``; pixels where either side holds
+the ``nodata`` value (classes.yaml ``nodata`` or the option); pixels where either
+side holds its GeoTIFF's own nodata value, unless that value is a class value.
+Every unpaired or unreadable file is listed in one error.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +23,11 @@ import numpy as np
 import torch
 
 from liandan.data.layouts import ClassSpec, class_spec_from_yaml, read_classes_yaml
-from liandan.data.readers import is_image_file, read_mask
+from liandan.data.readers import RASTER_EXTS, is_image_file, read_mask
 from liandan.data.scan import MaskMapper, infer_classes
 from liandan.errors import DataError
 from liandan.metrics import ConfusionMatrix, compute_metrics
+from liandan.runs import atomic_write_json
 
 
 def _mask_files(folder: Path) -> dict[str, Path]:
@@ -48,24 +56,73 @@ def _pairs(pred: Path, truth: Path) -> list[tuple[Path, Path]]:
     return [(p[s], t[s]) for s in sorted(p)]
 
 
-def _classes_for(truth: Path, masks: dict[Path, np.ndarray], ignore_index: int | None) -> ClassSpec:
+def _file_nodata(path: Path) -> float | None:
+    """The nodata value a raster file declares (None for PNGs and rasters without one)."""
+    if path.suffix.lower() not in RASTER_EXTS:
+        return None
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return None if src.nodata is None else float(src.nodata)
+
+
+def _classes_for(
+    truth: Path,
+    masks: dict[Path, np.ndarray],
+    ignore_index: int | None,
+    nodata: int | None,
+) -> tuple[ClassSpec, int | None]:
+    """The classes (classes.yaml or inferred from the truth) and the nodata value."""
     folder = truth if truth.is_dir() else truth.parent
     data = read_classes_yaml(folder)
     if data is not None:
-        return class_spec_from_yaml(data, ignore_index)
-    spec, _ = infer_classes(masks, ignore_index)
-    return spec
+        if nodata is None and data.get("nodata") is not None:
+            nodata = int(data["nodata"])
+        return class_spec_from_yaml(data, ignore_index), nodata
+    # no classes.yaml: the classes are the truth's values, less ignored and nodata ones
+    values = {}
+    for path, mask in masks.items():
+        drop = [v for v in (ignore_index, nodata, _file_nodata(path)) if v is not None]
+        values[path] = mask[~np.isin(mask, drop)] if drop and mask.ndim == 2 else mask
+    spec, _ = infer_classes(values, None)
+    spec.ignore_index = ignore_index
+    return spec, nodata
 
 
-def score_masks(pred: Path, truth: Path, *, ignore_index: int | None = None) -> dict[str, Any]:
+def _excluded(raw: np.ndarray, path: Path, nodata: int | None, values: set[int]) -> np.ndarray:
+    """Pixels of a mask holding no data: the nodata value, or the file's own nodata."""
+    out = np.zeros(raw.shape[:2], dtype=bool)
+    if raw.ndim != 2:
+        return out
+    if nodata is not None:
+        out |= raw == nodata
+    own = _file_nodata(path)
+    if own is not None and own not in values:
+        out |= raw == own
+    return out
+
+
+def score_masks(
+    pred: Path,
+    truth: Path,
+    *,
+    ignore_index: int | None = None,
+    nodata: int | None = None,
+) -> dict[str, Any]:
+    """Metrics of prediction masks against truth masks (files or folders paired by stem)."""
     pairs = _pairs(pred, truth)
     truths = {t: read_mask(t) for _, t in pairs}
-    classes = _classes_for(truth, truths, ignore_index)
+    classes, nodata = _classes_for(truth, truths, ignore_index, nodata)
     mapper = MaskMapper(classes)
     # predictions never hold the ignore value as a class: map them without it
     pred_mapper = MaskMapper(ClassSpec(classes.names, classes.values, classes.colors))
+    values = set(classes.raw_values())
     cm = ConfusionMatrix(classes.num_classes, ignore_index=-1)
     problems: list[str] = []
+    skipped = 0
     for p, t in pairs:
         pm = read_mask(p)
         tm = truths[t]
@@ -74,54 +131,104 @@ def score_masks(pred: Path, truth: Path, *, ignore_index: int | None = None) -> 
                 f"{p}: {pm.shape[1]}x{pm.shape[0]}, truth is {tm.shape[1]}x{tm.shape[0]}"
             )
             continue
+        off = _excluded(pm, p, nodata, values) | _excluded(tm, t, nodata, values)
         mp, mt = pred_mapper.map(pm), mapper.map(tm)
-        for name, arr, raw, m in (("prediction", mp, pm, pred_mapper), ("truth", mt, tm, mapper)):
-            if (arr == MaskMapper.UNKNOWN).any():
-                vals = ", ".join(m.unknown_values(raw, arr))
-                problems.append(
-                    f"{p if name == 'prediction' else t}: value(s) {vals} are not a class"
-                )
+        for path, arr, raw, m in ((p, mp, pm, pred_mapper), (t, mt, tm, mapper)):
+            unknown = (arr == MaskMapper.UNKNOWN) & ~off
+            if unknown.any():
+                vals = ", ".join(m.unknown_values(raw, np.where(unknown, arr, 0)))
+                problems.append(f"{path}: value(s) {vals} are not a class")
         if problems:
             continue
         mt = mt.astype(np.int64)
+        mt[off] = -1
+        skipped += int(off.sum())
         mp = mp.astype(np.int64)
         mp[mt < 0] = 0  # ignored truth pixels are dropped by the matrix anyway
-        mp[mp < 0] = 0
         cm.update(torch.from_numpy(mp), torch.from_numpy(mt))
     if problems:
         raise DataError(
             "cannot score these files",
             items=problems,
-            hint="masks must have the same size and use the classes' values",
+            hint="masks must have the same size and use the classes' values "
+            "(give classes.yaml beside the truth, or --ignore-index / --nodata)",
         )
-    return compute_metrics(cm.numpy(), classes.names, task="segment", split="score")
+    metrics = compute_metrics(cm.numpy(), classes.names, task="segment", split="score")
+    metrics["inputs"] = {"pairs": len(pairs), "nodata": nodata, "nodata_pixels": skipped}
+    return metrics
 
 
-def _read_labels(path: Path) -> dict[str, str]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def _read_labels(path: Path) -> dict[tuple[str, ...], str]:
+    """``{path parts: label}`` from a CSV with ``image`` and ``label`` columns."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the CSV ({exc})", where=path) from None
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise DataError("a CSV needs the columns image and label", where=path)
-    return {Path(r["image"]).name: r["label"] for r in rows}
+    return {Path(r["image"].replace("\\", "/")).parts: r["label"] for r in rows}
+
+
+def _match_keys(*tables: dict[tuple[str, ...], str]) -> list[dict[str, str]]:
+    """Key each table by the shortest path tail (file name, then parent/name ...) that
+    is unique in every table, so ``a/1.png`` and ``b/1.png`` stay apart."""
+    depth = max((len(k) for t in tables for k in t), default=1)
+    for d in range(1, depth + 1):
+        keyed = [{"/".join(k[-d:]): v for k, v in t.items()} for t in tables]
+        if all(len(k) == len(t) for k, t in zip(keyed, tables, strict=True)):
+            return keyed
+    return [{"/".join(k): v for k, v in t.items()} for t in tables]
 
 
 def score_labels(pred: Path, truth: Path) -> dict[str, Any]:
-    p, t = _read_labels(pred), _read_labels(truth)
-    missing = [f"{name}: in {truth.name} but not in {pred.name}" for name in t if name not in p]
-    if missing:
-        raise DataError("predictions missing for some images", items=missing)
-    names = sorted(set(t.values()) | set(p.values()))
+    """Metrics of predicted labels against true labels (two CSVs: image, label)."""
+    p, t = _match_keys(_read_labels(pred), _read_labels(truth))
+    problems = [f"{name}: in {truth} but not in {pred}" for name in t if name not in p]
+    problems += [f"{name}: in {pred} but not in {truth}" for name in p if name not in t]
+    yaml_data = read_classes_yaml(truth.parent)
+    if yaml_data is not None:
+        names = [str(n) for n in yaml_data["names"]]
+    else:
+        names = sorted(set(t.values()) | set(p.values()))
+    known = set(names)
+    for side, table in ((pred, p), (truth, t)):
+        problems += [
+            f"{side}: {name}: label {label!r} is not a class"
+            for name, label in table.items()
+            if label not in known
+        ]
+    if problems:
+        raise DataError(
+            "predictions and truth do not pair up",
+            items=problems,
+            hint="both CSVs need one row per image (column image) with a class name (label)",
+        )
     index = {n: i for i, n in enumerate(names)}
     cm = ConfusionMatrix(len(names), ignore_index=None)
     keys = sorted(t)
     cm.update(torch.tensor([index[p[k]] for k in keys]), torch.tensor([index[t[k]] for k in keys]))
-    return compute_metrics(cm.numpy(), names, task="classify", split="score")
+    metrics = compute_metrics(cm.numpy(), names, task="classify", split="score")
+    metrics["inputs"] = {"pairs": len(keys)}
+    return metrics
 
 
 def score(
-    pred: str | Path, truth: str | Path, *, ignore_index: int | None = None
+    pred: str | Path,
+    truth: str | Path,
+    *,
+    ignore_index: int | None = None,
+    nodata: int | None = None,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Metrics (the metrics.json schema) of predictions against ground truth.
+
+    Args:
+        pred: a folder of masks, a mask file or a CSV (image, label).
+        truth: the same kind of input holding the truth.
+        ignore_index: truth value not counted (default: classes.yaml's).
+        nodata: value meaning "no data" on either side (default: classes.yaml's).
+        out: a folder to write ``metrics.json`` and ``confusion_matrix.png`` into.
 
     >>> liandan.score("maps/", "data/val/masks/")["overall"]["mean_iou"]  # doctest: +SKIP
     0.78
@@ -131,5 +238,15 @@ def score(
         if not p.exists():
             raise DataError("not found", where=p)
     if pred.suffix.lower() == ".csv" or truth.suffix.lower() == ".csv":
-        return score_labels(pred, truth)
-    return score_masks(pred, truth, ignore_index=ignore_index)
+        metrics = score_labels(pred, truth)
+    else:
+        metrics = score_masks(pred, truth, ignore_index=ignore_index, nodata=nodata)
+    metrics["inputs"] = {"pred": str(pred), "truth": str(truth), **metrics.get("inputs", {})}
+    if out is not None:
+        from liandan.report.figures import plot_confusion
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "metrics.json", metrics)
+        plot_confusion(metrics, out)
+    return metrics

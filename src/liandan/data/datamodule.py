@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 from liandan.config import Config
 from liandan.data.datasets import SampleDataset, load_image, pad_collate
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
+from liandan.data.samplers import RareClassCrop, balanced_sampler
 from liandan.data.scan import CheckedDataset, check_dataset
-from liandan.data.transforms import Normalizer, build_augment, fit_normalizer
+from liandan.data.transforms import Normalizer, build_augment, dtype_max, fit_normalizer
 from liandan.errors import ConfigError, DataError
 
 
@@ -133,6 +134,10 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
     index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
     if cfg.task is None:
         cfg.task = index.task  # type: ignore[assignment]
+    from liandan.data.rasters import build_raster_data, wants_tiles
+
+    if normalizer is None and wants_tiles(index, cfg.data.max_image_size):
+        return build_raster_data(cfg, index)  # large/georeferenced rasters: windowed tiles
     checked = check_dataset(
         index, bands=cfg.data.bands, on_error=cfg.data.on_error, cache=cfg.data.cache
     )
@@ -145,11 +150,18 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         normalizer = fit_normalizer(cfg.data.normalize, arrays, cfg.data.percentiles)
     size = cfg.data.image_size
     common = dict(bands=cfg.data.bands, seed=cfg.train.seed)
+    augment = dict(
+        task=index.task,
+        image_size=size,
+        bands=checked.in_channels,
+        value_scale=dtype_max(checked.dtype),
+        seed=cfg.train.seed,
+    )
     train_ds = SampleDataset(
         splits["train"],
         checked,
         normalizer,
-        build_augment(cfg.augment, task=index.task, image_size=size, train=True),
+        build_augment(cfg.augment, train=True, **augment),  # type: ignore[arg-type]
         brightness_contrast_p=cfg.augment.brightness_contrast,
         **common,  # type: ignore[arg-type]
     )
@@ -157,7 +169,7 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         splits["val"],
         checked,
         normalizer,
-        build_augment(cfg.augment, task=index.task, image_size=size, train=False),
+        build_augment(cfg.augment, train=False, **augment),  # type: ignore[arg-type]
         **common,  # type: ignore[arg-type]
     )
     workers = resolve_workers(cfg.train.num_workers, bool(checked.images))
@@ -170,10 +182,21 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+    sampler = None
+    if cfg.data.sampler == "balanced" and index.task == "classify":
+        labels = [int(s.target) for s in splits["train"]]  # type: ignore[arg-type]
+        sampler = balanced_sampler(labels, index.classes.num_classes, generator)
+    elif cfg.data.sampler == "balanced":  # segment: aim crops at rare-class pixels
+        counts = np.zeros(index.classes.num_classes, dtype=np.int64)
+        for s in splits["train"]:
+            mask = train_ds.load_mask(s.target)  # type: ignore[arg-type]
+            counts += np.bincount(mask[mask >= 0].ravel(), minlength=len(counts))[: len(counts)]
+        train_ds.augment.crop = RareClassCrop(counts, size)  # type: ignore[attr-defined]
     train_loader = DataLoader(
         train_ds,
         batch_size=batch,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=len(train_ds) > batch,
         generator=generator,
         **loader_args,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ every offending file, not just the first.
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ class DatasetIndex:
     samples: list[Sample]
     notes: list[str] = field(default_factory=list)  # things the user should be told
     skipped: list[str] = field(default_factory=list)  # files left out (on_error: skip)
+    # (kind, file, reason) found while indexing with strict=False (for `liandan scan`)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]
@@ -181,7 +184,7 @@ def _split_dirs(root: Path) -> list[tuple[str | None, Path]]:
 
 
 # ------------------------------------------------------------------ classification
-def _find_imagefolder(root: Path, ignore_index: int | None) -> DatasetIndex:
+def _find_imagefolder(root: Path, ignore_index: int | None, strict: bool = True) -> DatasetIndex:
     splits = _split_dirs(root)
     class_names: list[str] = []
     for _, folder in splits:
@@ -205,6 +208,10 @@ def _find_imagefolder(root: Path, ignore_index: int | None) -> DatasetIndex:
             if not files and (split in (None, "train")):
                 empty.append(str(d))
             samples += [Sample(p, index[name], split) for p in files]
+    if empty and not strict:
+        found = DatasetIndex(root, "classify", "imagefolder", ClassSpec(class_names), samples)
+        found.problems = [("empty-class", d, "class folder with no images") for d in empty]
+        return found
     if empty:
         raise DataError(
             "class folder(s) with no images",
@@ -260,6 +267,11 @@ def _find_csv(root: Path, ignore_index: int | None) -> DatasetIndex:
 def _pair(images_dir: Path, masks_dir: Path, split: str | None) -> tuple[list[Sample], list[str]]:
     images = {p.stem: p for p in _images_in(images_dir)}
     masks = {p.stem: p for p in _images_in(masks_dir)} if masks_dir.is_dir() else {}
+    labels_dir = masks_dir.parent / "labels"  # polygon labels of rasters (data/rasters.py)
+    if labels_dir.is_dir():
+        for p in sorted(labels_dir.iterdir()):
+            if p.suffix.lower() in (".geojson", ".json", ".gpkg", ".shp"):
+                masks.setdefault(p.stem, p)
     problems = [
         f"{images[s]}: image without a mask in {masks_dir}" for s in images if s not in masks
     ]
@@ -270,7 +282,7 @@ def _pair(images_dir: Path, masks_dir: Path, split: str | None) -> tuple[list[Sa
     return samples, problems
 
 
-def _find_pairs(root: Path, ignore_index: int | None) -> DatasetIndex:
+def _find_pairs(root: Path, ignore_index: int | None, strict: bool = True) -> DatasetIndex:
     samples: list[Sample] = []
     problems: list[str] = []
     for split, folder in _split_dirs(root):
@@ -279,6 +291,10 @@ def _find_pairs(root: Path, ignore_index: int | None) -> DatasetIndex:
         found, bad = _pair(folder / "images", folder / "masks", split)
         samples += found
         problems += bad
+    if problems and not strict:
+        lenient = DatasetIndex(root, "segment", "pairs", ClassSpec([]), samples)
+        lenient.problems = [("unpaired", *p.split(": ", 1)) for p in problems]  # type: ignore[misc]
+        return lenient
     if problems:
         raise DataError(
             "images and masks do not pair up (paired by file name without extension)",
@@ -311,6 +327,14 @@ def _find_voc(root: Path, ignore_index: int | None) -> DatasetIndex:
                 raise DataError(f"entry {stem!r} is not a plain file name", where=f)
             image = images_dir / f"{stem}.jpg"
             mask = masks_dir / f"{stem}.png"
+            for listed in (image, mask):  # a symlink must not lead out of the dataset
+                if listed.exists() and not listed.resolve().is_relative_to(root.resolve()):
+                    raise DataError(
+                        f"entry {stem!r}: {listed.name} is a link to a file outside the "
+                        "dataset folder",
+                        where=f,
+                        hint="copy the file into the dataset instead of linking it",
+                    )
             if not image.is_file():
                 problems.append(f"{image}: listed in {f.name} but missing")
             if not mask.is_file():
@@ -404,6 +428,7 @@ def find_samples(
     layout: str = "auto",
     task: str | None = None,
     ignore_index: int | None = None,
+    strict: bool = True,
 ) -> DatasetIndex:
     """Index a dataset folder.
 
@@ -412,6 +437,8 @@ def find_samples(
         layout: a layout name, or ``auto`` to detect it.
         task: expected task; an explicit mismatch with the layout is an error.
         ignore_index: raw mask value to ignore (overrides classes.yaml).
+        strict: False collects unpaired images/masks and empty class folders into
+            ``index.problems`` instead of raising (``liandan scan`` reports them).
 
     >>> index = find_samples("data/")  # doctest: +SKIP
     >>> index.task, index.layout, len(index.samples)  # doctest: +SKIP
@@ -433,6 +460,8 @@ def find_samples(
             where="task",
             hint=f"set task={layout_task}, or arrange the data in a {task} layout",
         )
+    if not strict and name in ("pairs", "imagefolder"):
+        find = functools.partial(find, strict=False)  # type: ignore[call-arg]
     index = find(root, ignore_index)
     if index.task == "segment" and name != "voc":
         yaml_data = read_classes_yaml(root)

@@ -154,21 +154,157 @@ def fit_normalizer(
     raise ConfigError(f"unknown normalization {preset!r}", where="data.normalize")
 
 
+# Strengths of the augmentations whose config key is a probability: the usual
+# albumentations defaults, kept mild so masks and small objects survive.
+SHIFT_LIMIT, SCALE_LIMIT, ROTATE_LIMIT = 0.0625, 0.1, 15.0  # shift_scale_rotate
+HUE_SHIFT, SATURATION_SHIFT = 0.05, 0.2  # fraction of the hue circle / of saturation
+GAMMA_RANGE = (0.8, 1.25)  # per band
+NOISE_STD = (0.01, 0.05)  # fraction of the value range
+BLUR_SIGMA = (0.1, 1.5)  # pixels
+
+
+class AugmentPipeline:
+    """Geometric transforms on image and mask together, then intensity transforms.
+
+    Geometric ones (crops, flips, rotations, affine, blur, coarse dropout) run through
+    albumentations; masks use nearest-neighbour sampling and pad/fill with -1 (ignored).
+    Intensity ones act on the image scaled to 0-1 by ``value_scale`` (the dtype's
+    maximum): gamma and noise per band for any band count, hue/saturation for RGB only.
+
+    The random generators are seeded, and reseeded in each DataLoader worker from the
+    worker's own seed (which the loader's seeded generator draws), so augmentation is
+    reproducible with any number of workers.
+    """
+
+    def __init__(
+        self,
+        geometric: list[Any],
+        intensity: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]],
+        *,
+        value_scale: float = 255.0,
+        seed: int = 0,
+    ) -> None:
+        self.geometric = A.Compose(geometric, seed=seed)
+        self.intensity = intensity
+        self.value_scale = value_scale
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._worker: tuple[int, int] | None = None
+        # (image, mask, rng) -> (image, mask) before the rest, e.g. a rare-class crop
+        self.crop: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+
+    def reset(self) -> None:
+        """Back to the state just after construction (same seed, same draws)."""
+        self.geometric.set_random_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        self._worker = None
+
+    def _reseed_in_worker(self) -> None:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker != (info.id, info.seed):
+            seed = int(info.seed) % 2**32
+            self.geometric.set_random_seed(seed)
+            self.rng = np.random.default_rng(seed)
+            self._worker = (info.id, info.seed)
+
+    def __call__(self, **data: Any) -> dict[str, Any]:
+        self._reseed_in_worker()
+        if self.crop is not None and "mask" in data:
+            data["image"], data["mask"] = self.crop(data["image"], data["mask"], self.rng)
+        out = dict(self.geometric(**data))
+        if self.intensity:
+            x = out["image"].astype(np.float32) / np.float32(self.value_scale)
+            for op in self.intensity:
+                x = op(x, self.rng)
+            out["image"] = (x * np.float32(self.value_scale)).astype(np.float32)
+        return out
+
+
+def random_gamma(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``x ** gamma`` with one gamma per band, log-uniform in GAMMA_RANGE (x in 0-1)."""
+    lo, hi = np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1])
+    gamma = np.exp(rng.uniform(lo, hi, size=x.shape[-1])).astype(np.float32)
+    return np.power(np.clip(x, 0.0, None), gamma)
+
+
+def gaussian_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian noise, standard deviation drawn from NOISE_STD (x in 0-1)."""
+    std = rng.uniform(*NOISE_STD)
+    return x + rng.normal(0.0, std, size=x.shape).astype(np.float32)
+
+
+def hue_saturation(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shift hue and scale saturation of an RGB image in 0-1 (OpenCV's HSV)."""
+    hsv = cv2.cvtColor(np.clip(x, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0] + 360.0 * rng.uniform(-HUE_SHIFT, HUE_SHIFT)) % 360.0
+    hsv[..., 1] = np.clip(
+        hsv[..., 1] * (1.0 + rng.uniform(-SATURATION_SHIFT, SATURATION_SHIFT)), 0, 1
+    )
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _sometimes(
+    p: float, op: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    def apply(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return op(x, rng) if rng.random() < p else x
+
+    apply.__name__ = op.__name__
+    return apply
+
+
+def eval_resize_crop(image: np.ndarray, image_size: int, ratio: float | None) -> np.ndarray:
+    """Classification evaluation: resize to ``image_size * ratio``, centre-crop ``image_size``.
+
+    ``ratio`` None (or 1) resizes straight to ``image_size``. 224 / 256 is the classic
+    ImageNet evaluation (ratio 1.143). Area interpolation, as in training.
+    """
+    side = round(image_size * (ratio or 1.0))
+    out = cv2.resize(image.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    top = (side - image_size) // 2
+    return out[top : top + image_size, top : top + image_size]
+
+
 def build_augment(
-    cfg: AugmentConfig, *, task: str, image_size: int, train: bool
-) -> Callable[..., dict[str, Any]]:
-    """The albumentations pipeline for one split.
+    cfg: AugmentConfig,
+    *,
+    task: str,
+    image_size: int,
+    train: bool,
+    bands: int = 3,
+    value_scale: float = 255.0,
+    seed: int = 0,
+) -> AugmentPipeline:
+    """The augmentation pipeline for one split (called as ``pipeline(image=, mask=)``).
 
     Classification resizes every image to ``image_size`` (random-resized-crop when
-    ``augment.scale`` is not (1, 1)). Segmentation keeps the native resolution and
+    ``augment.scale`` is not (1, 1); for evaluation resize-then-centre-crop when
+    ``augment.eval_resize`` is set). Segmentation keeps the native resolution and
     trains on random ``image_size`` crops (padded where smaller; pad pixels are
     ignored), so predict at native resolution sees the scale it was trained on.
+
+    Args:
+        cfg: the ``augment`` config section.
+        task: ``classify`` or ``segment``.
+        image_size: training input side.
+        train: training split (random transforms) or evaluation (deterministic).
+        bands: number of image bands; hue/saturation needs 3 (RGB), others skip it.
+        value_scale: the raw value of full intensity (the dtype's maximum; 1 for floats).
+        seed: seeds the random transforms.
     """
     ops: list[Any] = []
     size = (image_size, image_size)
     if task == "classify":
         if train and tuple(cfg.scale) != (1.0, 1.0):
             ops.append(A.RandomResizedCrop(size, scale=tuple(cfg.scale), p=1.0))
+        elif not train and cfg.eval_resize:
+            side = round(image_size * cfg.eval_resize)
+            ops.append(A.Resize(side, side, interpolation=cv2.INTER_AREA))
+            ops.append(A.CenterCrop(image_size, image_size))
         else:
             ops.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA))
     elif train:
@@ -190,14 +326,53 @@ def build_augment(
             )
         else:
             ops.append(A.RandomCrop(image_size, image_size))
+    intensity: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = []
     if train:
+        # warps fill outside the image with 0 and outside the mask with -1 (ignored)
+        warp = dict(
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=-1,
+            mask_interpolation=cv2.INTER_NEAREST,
+        )
         if cfg.hflip:
             ops.append(A.HorizontalFlip(p=cfg.hflip))
         if cfg.vflip:
             ops.append(A.VerticalFlip(p=cfg.vflip))
         if cfg.rotate90:
             ops.append(A.RandomRotate90(p=cfg.rotate90))
-    return A.Compose(ops)
+        if cfg.rotate:
+            ops.append(A.Rotate(limit=cfg.rotate, p=1.0, **warp))  # type: ignore[arg-type]
+        if cfg.shift_scale_rotate:
+            ops.append(
+                A.Affine(
+                    translate_percent=(-SHIFT_LIMIT, SHIFT_LIMIT),
+                    scale=(1 - SCALE_LIMIT, 1 + SCALE_LIMIT),
+                    rotate=(-ROTATE_LIMIT, ROTATE_LIMIT),
+                    p=cfg.shift_scale_rotate,
+                    **warp,  # type: ignore[arg-type]
+                )
+            )
+        if cfg.blur:
+            ops.append(A.GaussianBlur(sigma_limit=BLUR_SIGMA, p=cfg.blur))
+        if cfg.coarse_dropout:
+            # erases image patches only; the mask keeps the truth under them
+            ops.append(
+                A.CoarseDropout(
+                    num_holes_range=(1, 4),
+                    hole_height_range=(0.05, 0.2),
+                    hole_width_range=(0.05, 0.2),
+                    fill=0,
+                    p=cfg.coarse_dropout,
+                )
+            )
+        if cfg.hue_saturation and bands == 3:
+            intensity.append(_sometimes(cfg.hue_saturation, hue_saturation))
+        if cfg.gamma:
+            intensity.append(_sometimes(cfg.gamma, random_gamma))
+        if cfg.noise:
+            intensity.append(_sometimes(cfg.noise, gaussian_noise))
+    return AugmentPipeline(ops, intensity, value_scale=value_scale, seed=seed)
 
 
 def brightness_contrast(x: np.ndarray, rng: np.random.Generator, limit: float = 0.2) -> np.ndarray:

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from liandan.config import Config
+from liandan.engine.mix import build_mixer
 from liandan.losses import build_loss
 from liandan.metrics import ConfusionMatrix, compute_metrics
 from liandan.models import build_model, encoder_parameters, set_frozen_norms_eval
@@ -53,6 +54,7 @@ class LiandanTask(L.LightningModule):
             class_weights=class_weights,
         )
         self.ema: ModelEMA | None = ModelEMA(self.model, cfg.optim.ema) if cfg.optim.ema else None
+        self.mixer = build_mixer(cfg.augment, self.task, cfg.train.seed)  # mixup / cutmix
         self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE)
         self.last_val_metrics: dict[str, Any] | None = None
 
@@ -71,8 +73,11 @@ class LiandanTask(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         x, y = batch
-        logits = self.model(x)
-        loss = self.criterion(logits, y)
+        if self.mixer is not None:  # soft targets: lam * loss(y_a) + (1 - lam) * loss(y_b)
+            mixed = self.mixer(x, y)
+            loss = mixed.loss(self.criterion, self.model(mixed.x))
+        else:
+            loss = self.criterion(self.model(x), y)
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0]
         )
@@ -81,7 +86,7 @@ class LiandanTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Lightning calls model.train() before each epoch; a frozen encoder's BatchNorm
         # must keep the running statistics its weights were trained with.
-        set_frozen_norms_eval(self.model)
+        set_frozen_norms_eval(self.model, all_norms=self.cfg.model.freeze_bn)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:

@@ -1,4 +1,10 @@
-"""The Lightning Trainer factory: devices, precision, checkpoints, logging."""
+"""The Lightning Trainer factory: devices, precision, checkpoints, logging.
+
+Checkpoints go through :class:`~liandan.engine.checkpoint.AtomicCheckpointIO` (atomic
+writes, ``last-prev`` kept, ``weights_only`` loading) and are saved at the end of each
+training epoch, after validation, so that ``last.ckpt`` holds that epoch's history row
+and the random states an exact resume needs.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from liandan.config import Config
-from liandan.engine.callbacks import HistoryCallback
+from liandan.engine.budget import budget_callbacks
+from liandan.engine.callbacks import GracefulStop, HistoryCallback, RandomStateCallback
+from liandan.engine.checkpoint import AtomicCheckpointIO, LastCheckpoint, clean_temporary
+from liandan.engine.doctor import TrainingDoctor
 
 
 def resolve_precision(cfg: Config) -> str:
@@ -34,22 +43,42 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*Checkpoint directory.*exists and is not empty.*")
 
 
-def build_trainer(cfg: Config, run_dir: Path) -> tuple[L.Trainer, HistoryCallback]:
+def build_trainer(
+    cfg: Config, run_dir: Path, extra_callbacks: list[L.Callback] | None = None
+) -> tuple[L.Trainer, HistoryCallback]:
     """A Trainer writing checkpoints, history and TensorBoard logs into ``run_dir``."""
     quiet_lightning()
     monitor = cfg.resolved_monitor()
+    clean_temporary(run_dir / "checkpoints")  # what a killed run left unfinished
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
         mode="min" if monitor.endswith("loss") else "max",
-        save_last=True,
+        save_last=False,  # LastCheckpoint writes last.ckpt every epoch
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        save_on_train_epoch_end=True,  # after validation and the epoch's history row
     )
     history = HistoryCallback(run_dir / "history.csv")
+    precision = resolve_precision(cfg)
+    doctor = TrainingDoctor(
+        run_dir,
+        history,
+        monitor,
+        cfg.optim.lr if isinstance(cfg.optim.lr, float) else 1e-3,
+        check_gradients=precision != "16-mixed",  # the fp16 scaler skips such steps itself
+    )
     callbacks: list[L.Callback] = [checkpoint, history]
+    callbacks += budget_callbacks(cfg, run_dir)  # train.budget: stop in time, record it
+    callbacks += extra_callbacks or []  # e.g. tune's pruning callback
+    callbacks += [doctor, RandomStateCallback(), GracefulStop(run_dir)]
+    callbacks.append(LastCheckpoint(run_dir / "checkpoints"))  # after best: Checkpoint order
+    if cfg.train.freeze_epochs:  # the fine_tune recipe: head first, then everything
+        from liandan.engine.finetune import FreezeEncoder
+
+        callbacks.append(FreezeEncoder(cfg.train.freeze_epochs))
     if cfg.train.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.train.patience:
@@ -61,8 +90,9 @@ def build_trainer(cfg: Config, run_dir: Path) -> tuple[L.Trainer, HistoryCallbac
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
-        precision=resolve_precision(cfg),  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO(unsafe_load=cfg.train.unsafe_load)],
         logger=logger,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,

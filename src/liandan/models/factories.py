@@ -79,14 +79,14 @@ def load_torchvision_weights(module: nn.Module, weights: WeightsEnum) -> None:
 
 
 def _dropout(req: BuildRequest) -> dict[str, float]:
-    """``{"dropout": p}`` when the user set one; 0 keeps the architecture's own default."""
-    return {"dropout": req.cfg.dropout} if req.cfg.dropout > 0 else {}
+    """``{"dropout": p}`` when the user set one; None keeps the architecture's own default."""
+    return {"dropout": req.cfg.dropout} if req.cfg.dropout is not None else {}
 
 
 # --------------------------------------------------------------------------- built-ins
 def build_lenet(req: BuildRequest) -> nn.Module:
     """LeNet-5 for any band count."""
-    return LeNet(req.in_channels, req.num_classes, dropout=req.cfg.dropout)
+    return LeNet(req.in_channels, req.num_classes, dropout=req.cfg.dropout or 0.0)
 
 
 def build_segnet(req: BuildRequest) -> nn.Module:
@@ -94,7 +94,7 @@ def build_segnet(req: BuildRequest) -> nn.Module:
     return SegNet(
         req.in_channels,
         req.num_classes,
-        dropout=req.cfg.dropout,
+        dropout=req.cfg.dropout or 0.0,
         scse=req.cfg.attention == "scse",
     )
 
@@ -132,7 +132,7 @@ def build_fcn(req: BuildRequest) -> nn.Module:
         weights=None, weights_backbone=None, num_classes=req.num_classes, aux_loss=False
     )
     set_in_channels(net.backbone, "conv1", req.in_channels)
-    if req.cfg.dropout > 0:
+    if req.cfg.dropout is not None:
         net.classifier[3].p = req.cfg.dropout  # FCNHead: conv, bn, relu, dropout, conv
     if req.pretrained:
         load_torchvision_weights(net.backbone, ResNet50_Weights.IMAGENET1K_V1)
@@ -203,8 +203,8 @@ def build_smp(req: BuildRequest) -> nn.Module:
         kwargs["block_args"] = {"attn_layer": cfg.attention}
         if req.pretrained:
             kwargs["pretrained_strict"] = False  # the new attention layers start random
-    if cfg.dropout > 0:
-        # registry.py allows dropout only where the architecture has one of these
+    if cfg.dropout is not None:
+        # registry.py allows dropout > 0 only where the architecture has one of these
         accepted = smp_accepts(req.arch)
         kwargs.update({arg: cfg.dropout for arg in SMP_DROPOUT_ARGS if arg in accepted})
     if req.arch == "dpt" and _timm_fixed_size(encoder[3:]):
@@ -245,7 +245,7 @@ def build_timm(req: BuildRequest) -> nn.Module:
     """Any timm classifier by name (``resnet18``, ``convnext_atto``, ``vit_tiny_...``)."""
     cfg = req.cfg
     kwargs: dict[str, Any] = {"num_classes": req.num_classes, "in_chans": req.in_channels}
-    if cfg.dropout > 0:
+    if cfg.dropout is not None:
         kwargs["drop_rate"] = cfg.dropout
     if cfg.attention in ("se", "cbam"):
         kwargs["block_args"] = {"attn_layer": cfg.attention}

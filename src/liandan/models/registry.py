@@ -6,9 +6,9 @@ did-you-mean hint, before anything is built. Classification also takes any timm 
 name; segmentation takes every architecture the installed smp ships, plus FCN
 (torchvision) and SegNet (built in).
 
-``model.dropout`` above 0 sets the architecture's dropout; 0 keeps the library's own
-default (e.g. AlexNet's 0.5, FPN's 0.2), as timm's ``create_model`` keeps defaults for
-options a user did not set.
+``model.dropout`` sets the architecture's dropout (0 turns it off); None, the default,
+keeps the library's own (e.g. AlexNet's 0.5, FPN's 0.2), as timm's ``create_model``
+keeps defaults for options a user did not set.
 """
 
 from __future__ import annotations
@@ -238,12 +238,13 @@ def _check_options(spec: ArchSpec, cfg: ModelConfig, task: str) -> None:
             where="model.attention",
             hint=hint,
         )
-    if cfg.dropout > 0 and not spec.dropout:
+    if cfg.dropout and not spec.dropout:
         with_dropout = [n for n, s in _ARCHS[task].items() if s.dropout]
         raise ConfigError(
             f"{spec.name} has no dropout to set",
             where="model.dropout",
-            hint=f"use model.dropout=0, or an architecture with one: {', '.join(with_dropout)}",
+            hint=f"leave model.dropout unset, or use an architecture with one: "
+            f"{', '.join(with_dropout)}",
         )
     if cfg.weights == "imagenet" and not spec.pretrained:
         raise ConfigError(

@@ -215,15 +215,18 @@ def _freeze(params: list[nn.Parameter]) -> None:
         param.requires_grad_(False)
 
 
-def set_frozen_norms_eval(model: nn.Module) -> int:
-    """Put batch-norm layers whose parameters are all frozen in eval mode.
+def set_frozen_norms_eval(model: nn.Module, all_norms: bool = False) -> int:
+    """Put batch-norm layers whose parameters are all frozen (or all of them) in eval mode.
 
     A frozen encoder should also keep its running statistics, or a small batch of new
-    data shifts them away from the ones its weights were trained with. Call this after
-    every ``model.train()`` (e.g. at the start of each training epoch).
+    data shifts them away from the ones its weights were trained with. ``all_norms``
+    (``model.freeze_bn``) keeps every BatchNorm's statistics fixed, which helps when
+    fine-tuning with batches too small to estimate them; their scale and shift still
+    train. Call this after every ``model.train()`` (e.g. at the start of each epoch).
 
     Args:
         model: the model being trained.
+        all_norms: every BatchNorm layer, not only frozen ones.
 
     Returns:
         How many normalization layers were put in eval mode.
@@ -232,7 +235,7 @@ def set_frozen_norms_eval(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if all_norms or (params and not any(p.requires_grad for p in params)):
                 module.eval()
                 count += 1
     return count

@@ -1,0 +1,293 @@
+"""Dataset problems and fingerprint, computed from per-file records.
+
+``liandan scan`` decodes each file once into a small record (see
+:mod:`liandan.scan_report`); this module turns those records into the list of
+:class:`Problem` s (each a file and a reason) and the :class:`Fingerprint` that
+``plan`` reads: counts, sizes, bands, per-band statistics, class frequencies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
+from liandan.data.scan import MaskMapper, infer_classes
+from liandan.errors import DataError
+
+MIN_SIDE = 8  # below this an image carries too little to learn from (and breaks pooling)
+LEVELS = [0, 0.5, 1, 2.5, 5, 10, 25, 50, 75, 90, 95, 97.5, 99, 99.5, 100]  # stored quantiles
+# problem kinds that break training (check_dataset or find_samples would stop on them)
+ERRORS = {"unreadable", "empty-file", "bomb", "unpaired", "size-mismatch", "bad-mask-values"}
+ERRORS |= {"mixed-bands"}
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "none": 3}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the dataset: the file, the kind and a reason in words."""
+
+    kind: str
+    file: str
+    reason: str
+    blocking: bool | None = None  # None: decided by the kind (ERRORS)
+
+    @property
+    def severity(self) -> str:
+        blocking = self.kind in ERRORS if self.blocking is None else self.blocking
+        return "error" if blocking else "warning"
+
+
+@dataclass
+class Fingerprint:
+    """What ``plan`` needs to know about a dataset (all plain, JSON-safe values)."""
+
+    task: str
+    layout: str
+    num_samples: int = 0
+    splits: dict[str, int] = field(default_factory=dict)  # "none" when unsplit
+    classes: list[str] = field(default_factory=list)
+    class_images: dict[str, int] = field(default_factory=dict)  # images holding the class
+    class_pixels: dict[str, int] = field(default_factory=dict)  # segment only
+    imbalance_ratio: float | None = None  # most / least frequent class (pixels or images)
+    image_size: dict[str, list[int]] = field(default_factory=dict)  # min/median/max [h, w]
+    bands: list[int] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=list)
+    band_mean: list[float] = field(default_factory=list)
+    band_std: list[float] = field(default_factory=list)
+    band_p005: list[float] = field(default_factory=list)  # 0.5th percentile per band
+    band_p995: list[float] = field(default_factory=list)  # 99.5th percentile per band
+    nodata_value: float | None = None
+    nodata_fraction: float | None = None
+    georeferenced: bool = False
+    extensions: list[str] = field(default_factory=list)
+    ignore_index: int | None = None
+
+
+def classes_for(index: DatasetIndex, masks: dict[Path, dict[str, Any]]) -> tuple[ClassSpec, str]:
+    """The dataset's classes: classes.yaml, or inferred from the mask values."""
+    if index.classes.names:
+        return index.classes, ""
+    arrays = {
+        p: np.zeros((1, 1, 3)) if r.get("color") else np.array([int(v) for v in r["values"]])
+        for p, r in masks.items()
+    }
+    return infer_classes(arrays, index.classes.ignore_index)
+
+
+def class_codes(spec: ClassSpec, rec: dict[str, Any]) -> dict[int, int]:
+    """Class index (-1 ignored, -2 unknown) -> pixel count, for one mask record."""
+    keys = list(rec["values"])
+    counts = np.array([rec["values"][k] for k in keys], dtype=np.int64)
+    if rec.get("color"):
+        raw = np.array([[int(x) for x in k.split(",")] for k in keys]).reshape(-1, 1, 3)
+    else:
+        raw = np.array([int(k) for k in keys])
+    mapped = MaskMapper(spec).map(raw).reshape(-1)
+    out: Counter[int] = Counter()
+    for code, n in zip(mapped.tolist(), counts.tolist(), strict=True):
+        out[int(code)] += int(n)
+    return dict(out)
+
+
+def sample_split(sample: Sample) -> str:
+    return sample.split or "none"
+
+
+# ------------------------------------------------------------------ problems
+def _usable(sample: Sample, records: dict[Path, dict[str, Any]]) -> bool:
+    if "error" in records[sample.image]:
+        return False
+    return not isinstance(sample.target, Path) or "error" not in records[sample.target]
+
+
+def check_records(
+    index: DatasetIndex, records: dict[Path, dict[str, Any]], notes: list[str]
+) -> list[Problem]:
+    """Every problem the records show, each with its file and a reason."""
+    problems: list[Problem] = []
+    for sample in index.samples:
+        for path in (sample.image, sample.target):
+            if isinstance(path, Path) and "error" in records[path]:
+                problems.append(Problem(records[path]["error"], str(path), records[path]["reason"]))
+    good = [s for s in index.samples if _usable(s, records)]
+    for s in good:
+        img = records[s.image]
+        if min(img["h"], img["w"]) < MIN_SIDE:
+            reason = f"{img['w']}x{img['h']} px: below {MIN_SIDE} px on a side"
+            problems.append(Problem("too-small", str(s.image), reason))
+        if isinstance(s.target, Path):
+            m = records[s.target]
+            if (m["h"], m["w"]) != (img["h"], img["w"]):
+                reason = f"mask is {m['w']}x{m['h']} but its image is {img['w']}x{img['h']}"
+                problems.append(Problem("size-mismatch", str(s.target), reason))
+    problems += _band_problems(good, records, notes)
+    if index.task == "segment":
+        problems += _mask_problems(index, good, records)
+    problems += _duplicates(good, records)
+    return problems
+
+
+def _band_problems(
+    good: list[Sample], records: dict[Path, dict[str, Any]], notes: list[str]
+) -> list[Problem]:
+    counts = Counter(records[s.image]["c"] for s in good)
+    dtypes = {records[s.image]["dtype"] for s in good}
+    if len(counts) <= 1:
+        return []
+    if dtypes == {"uint8"} and set(counts) <= {1, 3, 4}:
+        notes.append("images mix grey/RGB/RGBA: all are read as 3-band RGB")
+        return []
+    common = counts.most_common(1)[0][0]
+    return [
+        Problem("mixed-bands", str(s.image), f"{records[s.image]['c']} bands, most have {common}")
+        for s in good
+        if records[s.image]["c"] != common
+    ]
+
+
+def _mask_problems(
+    index: DatasetIndex, good: list[Sample], records: dict[Path, dict[str, Any]]
+) -> list[Problem]:
+    masks = {s.target: records[s.target] for s in good if isinstance(s.target, Path)}
+    try:
+        spec, _ = classes_for(index, masks)
+    except DataError as exc:
+        items = [i.split(": ", 1) for i in exc.items if ": " in i]
+        if items:
+            return [Problem("bad-mask-values", f, reason) for f, reason in items]
+        return [Problem("bad-mask-values", str(exc.where), exc.message)]
+    problems = []
+    pixels = np.zeros(spec.num_classes, dtype=np.int64)
+    for path, rec in masks.items():
+        codes = class_codes(spec, rec)
+        if codes.get(MaskMapper.UNKNOWN):
+            raw = np.array(list(rec["values"]))
+            mapped = [class_codes(spec, {**rec, "values": {v: 1}}) for v in raw]
+            bad = [str(v) for v, m in zip(raw, mapped, strict=True) if MaskMapper.UNKNOWN in m]
+            reason = f"mask value(s) {', '.join(bad[:8])} are not a class nor the ignore index"
+            problems.append(Problem("bad-mask-values", str(path), reason))
+        for code, n in codes.items():
+            if code >= 0:
+                pixels[code] += n
+    raw_values = spec.raw_values()
+    for i, name in enumerate(spec.names):
+        if pixels[i] == 0:
+            yaml_file = index.root / "classes.yaml"
+            where = str(yaml_file if yaml_file.is_file() else index.root)
+            reason = f"class {name!r} (mask value {raw_values[i]}) occurs in no mask"
+            problems.append(Problem("empty-class", where, reason))
+    return problems
+
+
+def _duplicates(good: list[Sample], records: dict[Path, dict[str, Any]]) -> list[Problem]:
+    groups: dict[str, list[Sample]] = {}
+    for s in good:
+        groups.setdefault(records[s.image]["hash"], []).append(s)
+    problems = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda s: (SPLIT_ORDER[sample_split(s)], str(s.image)))
+        first = members[0]
+        for s in members[1:]:
+            a, b = sample_split(first), sample_split(s)
+            if a != b and "none" not in (a, b):
+                reason = f"same pixels as {first.image} ({a}): leakage from {a} into {b}"
+                problems.append(Problem("leakage", str(s.image), reason))
+            else:
+                problems.append(Problem("duplicate", str(s.image), f"same pixels as {first.image}"))
+    return problems
+
+
+# ------------------------------------------------------------------ fingerprint
+def _mixture_percentile(quantiles: np.ndarray, weights: np.ndarray, p: float) -> float:
+    """Percentile ``p`` of the pooled pixels, each image given by its quantiles."""
+    grid = np.unique(quantiles)
+    if grid.size > 4096:
+        grid = grid[np.linspace(0, grid.size - 1, 4096).astype(int)]
+    levels = np.asarray(LEVELS) / 100
+    cdf = np.zeros_like(grid)
+    for q, w in zip(quantiles, weights, strict=True):
+        cdf += w * np.interp(grid, q, levels)
+    cdf /= weights.sum()
+    return float(np.interp(p / 100, cdf, grid))
+
+
+def _band_stats(recs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    n = np.array([r["h"] * r["w"] for r in recs], dtype=np.float64)
+    mean = np.array([r["mean"] for r in recs])  # (images, bands)
+    var = np.array([r["var"] for r in recs])
+    total = (n[:, None] * mean).sum(0) / n.sum()
+    pooled = (n[:, None] * (var + (mean - total) ** 2)).sum(0) / n.sum()
+    q = np.array([r["q"] for r in recs])  # (images, bands, levels)
+    low = [_mixture_percentile(q[:, b], n, 0.5) for b in range(q.shape[1])]
+    high = [_mixture_percentile(q[:, b], n, 99.5) for b in range(q.shape[1])]
+
+    def r4(x: Any) -> list[float]:
+        return [round(float(v), 4) for v in x]
+
+    return {
+        "band_mean": r4(total),
+        "band_std": r4(np.sqrt(pooled)),
+        "band_p005": r4(low),
+        "band_p995": r4(high),
+    }
+
+
+def build_fingerprint(
+    index: DatasetIndex, records: dict[Path, dict[str, Any]], nodata: float | None
+) -> Fingerprint:
+    """The dataset's fingerprint from the records of its usable samples."""
+    good = [s for s in index.samples if _usable(s, records)]
+    fp = Fingerprint(task=index.task, layout=index.layout, num_samples=len(good))
+    fp.splits = dict(sorted(Counter(sample_split(s) for s in good).items()))
+    fp.extensions = sorted({s.image.suffix.lower() for s in index.samples})
+    recs = [records[s.image] for s in good]
+    if not recs:
+        return fp
+    hw = np.array([[r["h"], r["w"]] for r in recs])
+    fp.image_size = {
+        "min": hw.min(0).tolist(),
+        "median": np.median(hw, 0).astype(int).tolist(),
+        "max": hw.max(0).tolist(),
+    }
+    bands = Counter(r["c"] for r in recs)
+    fp.bands, fp.dtypes = sorted(bands), sorted({r["dtype"] for r in recs})
+    common = bands.most_common(1)[0][0]
+    for key, value in _band_stats([r for r in recs if r["c"] == common]).items():
+        setattr(fp, key, value)
+    fp.georeferenced = any(r.get("geo") for r in recs)
+    tags = {r.get("nodata") for r in recs} - {None}
+    fp.nodata_value = nodata if nodata is not None else (tags.pop() if len(tags) == 1 else None)
+    if fp.nodata_value is not None:
+        fp.nodata_fraction = round(sum(r["nodata_pixels"] for r in recs) / hw.prod(1).sum(), 6)
+    if index.task == "classify":
+        fp.classes = list(index.classes.names)
+        counts = Counter(int(s.target) for s in good)  # type: ignore[arg-type]
+        fp.class_images = {n: counts.get(i, 0) for i, n in enumerate(fp.classes)}
+        freq = list(fp.class_images.values())
+    else:
+        masks = {s.target: records[s.target] for s in good if isinstance(s.target, Path)}
+        try:
+            spec, _ = classes_for(index, masks)
+        except DataError:
+            return fp
+        fp.classes, fp.ignore_index = list(spec.names), spec.ignore_index
+        pixels, images = np.zeros(spec.num_classes, np.int64), np.zeros(spec.num_classes, np.int64)
+        for rec in masks.values():
+            for code, n in class_codes(spec, rec).items():
+                if code >= 0 and n:
+                    pixels[code] += n
+                    images[code] += 1
+        fp.class_pixels = dict(zip(fp.classes, pixels.tolist(), strict=True))
+        fp.class_images = dict(zip(fp.classes, images.tolist(), strict=True))
+        freq = pixels.tolist()
+    positive = [f for f in freq if f > 0]
+    if positive:
+        fp.imbalance_ratio = round(max(positive) / min(positive), 3)
+    return fp

@@ -1,0 +1,249 @@
+"""Checkpoints that survive a kill, and that load without running foreign code.
+
+Every checkpoint is written to a temporary file in the same folder, fsynced, then
+renamed over the old one (a rename is atomic on POSIX filesystems), so ``best.ckpt``
+and ``last.ckpt`` are always either the old complete file or the new complete one.
+Before a new ``last.ckpt`` replaces the old one, the old one is kept as
+``last-prev.ckpt``: one loadable checkpoint exists at every moment, even if a disk
+error damages the newest. Temporary files a killed process left behind are removed
+when the next training starts in that folder.
+
+Loading uses ``torch.load(weights_only=True)``: tensors, numbers, strings and
+containers only. A checkpoint that needs arbitrary unpickling (which can run any
+code) is refused unless the user opts in with ``--unsafe-load`` /
+``train.unsafe_load: true``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
+
+from liandan.errors import CheckpointError
+
+log = logging.getLogger("liandan")
+
+TMP_SUFFIX = ".tmp"
+CHUNK = 1 << 16  # bytes written between fsync-free chunks (and test delays)
+# Test-only: seconds to sleep between chunks, so a test can kill a process mid-write.
+WRITE_DELAY_ENV = "LIANDAN_TEST_CKPT_WRITE_DELAY"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the folder entry (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def previous_path(path: Path) -> Path:
+    """``last.ckpt`` -> ``last-prev.ckpt``: where the previous ``last`` is kept."""
+    return path.with_name(f"{path.stem}-prev{path.suffix}")
+
+
+def write_atomic(path: Path, data: bytes, *, keep_previous: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename.
+
+    With ``keep_previous``, an existing ``path`` is first hard-linked (or copied) to
+    ``<stem>-prev<suffix>`` so that the previous version survives until the new one is
+    complete and renamed into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for start in range(0, len(data), CHUNK):
+                fh.write(data[start : start + CHUNK])
+                if delay:
+                    fh.flush()
+                    time.sleep(delay)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files follow the umask
+        if keep_previous and path.is_file():
+            prev = previous_path(path)
+            fd2, link_name = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{prev.name}.", suffix=TMP_SUFFIX
+            )
+            os.close(fd2)
+            link = Path(link_name)
+            link.unlink()
+            try:
+                os.link(path, link)  # same inode: no copy, complete by construction
+            except OSError:  # filesystems without hard links: copy, then fsync
+                link.write_bytes(path.read_bytes())
+            os.replace(link, prev)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def clean_temporary(folder: Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder``; return them."""
+    removed = []
+    if folder.is_dir():
+        for item in folder.glob(f".*{TMP_SUFFIX}"):
+            if item.is_file():
+                item.unlink(missing_ok=True)
+                removed.append(item)
+    if removed:
+        log.info("removed %d unfinished checkpoint file(s) in %s", len(removed), folder)
+    return removed
+
+
+def load_checkpoint_file(path: str | Path, *, unsafe: bool = False, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True``, or refuse it with a clear error.
+
+    Args:
+        path: the checkpoint file.
+        unsafe: allow arbitrary unpickling (only for files the user trusts).
+        map_location: passed to ``torch.load``.
+
+    Raises:
+        CheckpointError: the file is missing or damaged, or needs unsafe unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", where=path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc).lower():
+            raise CheckpointError(
+                f"the checkpoint is damaged ({type(exc).__name__}: {str(exc)[:200]})",
+                where=path,
+            ) from None
+        if not unsafe:
+            raise CheckpointError(
+                "the checkpoint holds Python objects that only arbitrary unpickling can "
+                "load, and unpickling can run any code",
+                where=path,
+                hint="if you trust this file, add --unsafe-load (config train.unsafe_load: true)",
+            ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"the checkpoint is damaged or incomplete ({type(exc).__name__}: {str(exc)[:200]})",
+            where=path,
+            hint="a kill during writing cannot cause this (writes are atomic); "
+            "the file was changed or the disk is failing",
+        ) from None
+    log.warning("loading %s with arbitrary unpickling (--unsafe-load)", path)
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO: atomic writes, ``last-prev`` kept, safe loading.
+
+    Args:
+        unsafe_load: allow checkpoints that need arbitrary unpickling.
+    """
+
+    def __init__(self, unsafe_load: bool = False) -> None:
+        super().__init__()
+        self.unsafe_load = unsafe_load
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        target = Path(path)
+        write_atomic(target, buffer.getvalue(), keep_previous=target.stem == "last")
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        loaded = load_checkpoint_file(
+            path, unsafe=self.unsafe_load, map_location=map_location or "cpu"
+        )
+        if not isinstance(loaded, dict):
+            raise CheckpointError("not a Lightning checkpoint (no dict inside)", where=path)
+        return loaded
+
+
+def find_resume_checkpoint(run_dir: Path, *, unsafe: bool = False) -> Path:
+    """The newest complete checkpoint of a run: ``last``, else ``last-prev``, else ``best``.
+
+    A damaged ``last`` is never skipped silently: the fallback is logged as a warning.
+
+    Raises:
+        CheckpointError: no checkpoint of the run can be loaded.
+    """
+    folder = run_dir / "checkpoints"
+    clean_temporary(folder)
+    last = folder / "last.ckpt"
+    candidates = [last, previous_path(last), folder / "best.ckpt"]
+    problems = []
+    for candidate in candidates:
+        if not candidate.is_file():
+            problems.append(f"{candidate.name}: missing")
+            continue
+        try:
+            state = load_checkpoint_file(candidate, unsafe=unsafe)
+        except CheckpointError as exc:
+            if "unpickling" in exc.message:
+                raise
+            problems.append(f"{candidate.name}: {exc.message}")
+            continue
+        if candidate != last:
+            log.warning(
+                "%s cannot be used (%s); resuming from %s (epoch %s) instead",
+                last,
+                "; ".join(problems),
+                candidate.name,
+                state.get("epoch", "?") if isinstance(state, dict) else "?",
+            )
+        return candidate
+    raise CheckpointError(
+        "no complete checkpoint to resume from",
+        where=folder,
+        items=problems,
+        hint="the run never finished an epoch; start it again with liandan train",
+    )
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``checkpoints/last.ckpt`` at the end of every training epoch.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` (2.6) only refreshes ``last`` in
+    epochs where ``best`` improved; a resume must start from the newest epoch. Being a
+    ``Checkpoint`` callback, it runs after the others (ModelCheckpoint, EarlyStopping),
+    so their states in the file are those of this epoch.
+    """
+
+    def __init__(self, dirpath: Path) -> None:
+        self.dirpath = dirpath
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")

@@ -1,0 +1,307 @@
+"""The training doctor: watches every run and says what is wrong, with advice.
+
+Findings (each provoked by a test in tests/test_doctor.py):
+
+- ``nan``: a NaN/Inf loss or gradient. Training stops before the optimizer step
+  (:class:`~liandan.errors.TrainingStopped`, CLI exit 1): the checkpoints written
+  before are kept and no NaN model is ever saved as ``best``.
+- ``divergence``: the training loss rose ``window`` epochs in a row, or exploded
+  (> 10x its lowest value): lower the learning rate.
+- ``plateau``: after ``window + 1`` epochs the training loss never fell 5% below its
+  first value, or one class is predicted everywhere: check the learning rate, the
+  normalization and the label/class mapping.
+- ``overfitting``: the training loss fell while the monitored validation metric got
+  worse ``window`` epochs in a row: more augmentation, weight decay, early stopping.
+- ``class_never_predicted``: at the end of training a class present in the
+  validation split was never predicted.
+
+Findings go to the console (logging), to a ``doctor`` column of history.csv, and to
+``doctor.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from liandan.engine.callbacks import HistoryCallback
+from liandan.errors import TrainingStopped
+from liandan.runs import atomic_write_json
+
+log = logging.getLogger("liandan")
+
+EXPLODE_FACTOR = 10.0  # loss above this multiple of its lowest value: exploding
+PLATEAU_GAIN = 0.05  # the loss must fall at least 5% below its first value to count
+
+
+@dataclass
+class Finding:
+    """One diagnosis: what, when, and what to do."""
+
+    kind: str
+    epoch: int
+    message: str
+    advice: str
+
+    def line(self) -> str:
+        return f"{self.kind}: {self.message} -> {self.advice}"
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> list[float]:
+    values = []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            values.append(float(value))
+    return values
+
+
+def _rising(values: list[float], n: int) -> bool:
+    """The last ``n`` steps of ``values`` all went up."""
+    if len(values) < n + 1:
+        return False
+    tail = values[-(n + 1) :]
+    return all(b > a for a, b in zip(tail, tail[1:], strict=False))
+
+
+def check_divergence(rows: list[dict[str, Any]], lr: float, window: int = 3) -> Finding | None:
+    """Training loss rising ``window`` epochs in a row, or exploding."""
+    losses = _series(rows, "train_loss")
+    if len(losses) < 2:
+        return None
+    epoch = int(rows[-1].get("epoch", len(rows)))
+    advice = (
+        f"lower optim.lr (now {lr:.2g}), e.g. to {lr / 10:.2g}, or run `liandan lr-find DATA` "
+        "and use the value it suggests"
+    )
+    lowest = min(losses[:-1])
+    if lowest > 0 and losses[-1] > EXPLODE_FACTOR * lowest:
+        return Finding(
+            "divergence",
+            epoch,
+            f"the training loss exploded to {losses[-1]:.4g} ({losses[-1] / lowest:.0f}x its "
+            f"lowest, {lowest:.4g})",
+            advice,
+        )
+    if _rising(losses, window):
+        return Finding(
+            "divergence",
+            epoch,
+            f"the training loss rose {window} epochs in a row "
+            f"({' -> '.join(f'{v:.4g}' for v in losses[-(window + 1) :])})",
+            advice,
+        )
+    return None
+
+
+def one_class_everywhere(confusion: list[list[int]] | None) -> int | None:
+    """The column index when every prediction fell in one class, else None."""
+    if not confusion or len(confusion) < 2:
+        return None
+    columns = [sum(row[j] for row in confusion) for j in range(len(confusion))]
+    used = [j for j, c in enumerate(columns) if c > 0]
+    return used[0] if len(used) == 1 else None
+
+
+def check_plateau(
+    rows: list[dict[str, Any]],
+    confusion: list[list[int]] | None = None,
+    class_names: list[str] | None = None,
+    window: int = 3,
+) -> Finding | None:
+    """Not converging from the start: no real fall of the loss, or one class everywhere."""
+    losses = _series(rows, "train_loss")
+    if len(losses) < window + 1:
+        return None
+    epoch = int(rows[-1].get("epoch", len(rows)))
+    advice = (
+        "check the learning rate (`liandan lr-find`), the normalization (data.normalize) "
+        "and the label/class mapping (classes.yaml, mask values)"
+    )
+    if min(losses[1:]) > losses[0] * (1 - PLATEAU_GAIN):
+        return Finding(
+            "plateau",
+            epoch,
+            f"the training loss has not fallen in {len(losses)} epochs "
+            f"(first {losses[0]:.4g}, lowest since {min(losses[1:]):.4g})",
+            advice,
+        )
+    only = one_class_everywhere(confusion)
+    if only is not None:
+        name = class_names[only] if class_names and only < len(class_names) else str(only)
+        return Finding(
+            "plateau",
+            epoch,
+            f"the model predicts one class ({name!r}) everywhere on validation",
+            advice + "; with strong imbalance try loss.class_weights=auto",
+        )
+    return None
+
+
+def check_overfitting(
+    rows: list[dict[str, Any]], monitor: str, mode: str, window: int = 3
+) -> Finding | None:
+    """Training loss falling while the validation monitor worsens ``window`` epochs."""
+    key = monitor.replace("/", "_", 1)
+    losses = _series(rows, "train_loss")
+    scores = _series(rows, key)
+    if len(losses) < window + 1 or len(scores) < window + 1:
+        return None
+    worse = [-s for s in scores] if mode == "max" else scores
+    if _rising([-v for v in losses], window) and _rising(worse, window):
+        return Finding(
+            "overfitting",
+            int(rows[-1].get("epoch", len(rows))),
+            f"the training loss fell while {monitor} got worse {window} epochs in a row "
+            f"({' -> '.join(f'{v:.4g}' for v in scores[-(window + 1) :])})",
+            "add augmentation (augment.*), raise optim.weight_decay, or stop early "
+            "(train.patience); best.ckpt keeps the best epoch",
+        )
+    return None
+
+
+def never_predicted(confusion: list[list[int]] | None, class_names: list[str]) -> list[str]:
+    """Classes present in the truth (row sum > 0) that were never predicted (column 0)."""
+    if not confusion:
+        return []
+    n = len(confusion)
+    names = []
+    for j in range(n):
+        support = sum(confusion[j])
+        predicted = sum(confusion[i][j] for i in range(n))
+        if support > 0 and predicted == 0:
+            names.append(class_names[j] if j < len(class_names) else str(j))
+    return names
+
+
+def check_never_predicted(
+    confusion: list[list[int]] | None, class_names: list[str], epoch: int
+) -> Finding | None:
+    names = never_predicted(confusion, class_names)
+    if not names:
+        return None
+    return Finding(
+        "class_never_predicted",
+        epoch,
+        f"class(es) {names} present in the validation split were never predicted",
+        "train longer, use loss.class_weights=auto or data.sampler=balanced, "
+        "and check that these classes have training examples",
+    )
+
+
+class TrainingDoctor(L.Callback):
+    """Runs the checks above during training; see the module docstring.
+
+    Args:
+        run_dir: where ``doctor.json`` is written.
+        history: the history callback whose rows the doctor reads and annotates.
+        monitor: the monitored metric (e.g. ``val/mean_iou``).
+        lr: the configured learning rate (for advice).
+        check_gradients: stop on non-finite gradients (off under fp16 AMP, whose
+            scaler skips such steps by itself).
+        window: epochs a trend must last before it is reported.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        history: HistoryCallback,
+        monitor: str,
+        lr: float,
+        *,
+        check_gradients: bool = True,
+        window: int = 3,
+    ) -> None:
+        self.run_dir = run_dir
+        self.history = history
+        self.monitor = monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.lr = lr
+        self.check_gradients = check_gradients
+        self.window = window
+        self.findings: list[Finding] = []
+        self._reported: set[str] = set()
+
+    # ------------------------------------------------------------- per step
+    def _stop(self, trainer: L.Trainer, what: str) -> None:
+        epoch = trainer.current_epoch + 1
+        finding = Finding(
+            "nan",
+            epoch,
+            f"{what} at epoch {epoch}, step {trainer.global_step + 1}; training stopped "
+            "before the optimizer step",
+            f"lower optim.lr (now {self.lr:.2g}), check the data for NaN/Inf values "
+            "(`liandan scan DATA`), or use train.precision=32; the checkpoints written "
+            "before this step are intact",
+        )
+        self._record(finding)
+        self.history.rows.append(
+            {"epoch": epoch, "step": trainer.global_step, "doctor": finding.line()}
+        )
+        self.history.write()
+        raise TrainingStopped(
+            finding.message, where=self.run_dir, hint=finding.advice + " (doctor.json)"
+        )
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._stop(trainer, f"the training loss is {float(loss.detach()):g}")
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
+        if not self.check_gradients:
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            self._stop(trainer, "a gradient is NaN or infinite")
+
+    # ------------------------------------------------------------ per epoch
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # runs after HistoryCallback (registered before it) appended this epoch's row
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.history.rows:
+            return
+        rows = self.history.rows
+        metrics = getattr(pl_module, "last_val_metrics", None) or {}
+        confusion = metrics.get("confusion_matrix")
+        names = list(metrics.get("classes") or getattr(pl_module, "class_names", []))
+        epoch = int(rows[-1].get("epoch", trainer.current_epoch + 1))
+        new = [
+            check_divergence(rows, self.lr, self.window),
+            check_plateau(rows, confusion, names, self.window),
+            check_overfitting(rows, self.monitor, self.mode, self.window),
+        ]
+        last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        if last_epoch:
+            new.append(check_never_predicted(confusion, names, epoch))
+        found = [f for f in new if f is not None and self._record(f)]
+        if found:
+            rows[-1]["doctor"] = "; ".join(f.line() for f in found)
+            self.history.write()
+
+    def _record(self, finding: Finding) -> bool:
+        """Keep and report a finding once per kind; False when already reported."""
+        if finding.kind in self._reported:
+            return False
+        self._reported.add(finding.kind)
+        self.findings.append(finding)
+        log.warning("doctor: %s", finding.line())
+        atomic_write_json(
+            self.run_dir / "doctor.json", {"findings": [asdict(f) for f in self.findings]}
+        )
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"findings": [asdict(f) for f in self.findings]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.findings = [Finding(**f) for f in state_dict.get("findings", [])]
+        self._reported = {f.kind for f in self.findings}

@@ -1,0 +1,305 @@
+"""Ship a model: ONNX or TorchScript, with a self-describing ``model.json`` beside it.
+
+The exported network takes the *normalized* image ``(batch, bands, height, width)``
+float32 and returns class logits; ``model.json`` carries everything needed to
+prepare the input and read the output (bands, normalization, classes, values,
+colours, sizes), so ``liandan predict EXPORT_DIR ...`` predicts exactly as the run
+does, and any other program can too (docs/deploy.md).
+
+Each export is checked before it is kept: ONNX by ``onnx.checker`` and by running
+onnxruntime on two input sizes against eager PyTorch; TorchScript by running the
+traced module on a second size. The largest difference of class probabilities must
+stay within ``TOLERANCE`` (fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from liandan.errors import CheckpointError, ConfigError
+from liandan.runs import atomic_write_bytes, atomic_write_json, load_model, read_model_json
+
+TOLERANCE = 1e-4  # max |p_export - p_eager| over class probabilities, fp32
+FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and how closely it matches eager PyTorch."""
+
+    out_dir: Path
+    model_file: Path
+    format: str
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # per checked input size
+
+
+def _check_sizes(meta: dict[str, Any]) -> list[tuple[int, int]]:
+    if meta["task"] == "classify":
+        size = int(meta.get("image_size", 224))
+        return [(size, size), (size, size)]
+    base = max(32, min(int(meta.get("tile_size", 256)), 128))
+    base -= base % 32
+    return [(base, base), (base + 32, base + 64)]
+
+
+def _probs(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    t = torch.as_tensor(np.asarray(logits) if isinstance(logits, np.ndarray) else logits)
+    return torch.softmax(t.float(), dim=1).numpy()
+
+
+def _operator_in(message: str) -> str | None:
+    found = re.search(r"(aten::\w+|operator\s+'?[\w:.]+'?|\b[A-Z]\w+ op\b)", message)
+    return found.group(1) if found else None
+
+
+def _export_onnx(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool
+) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+    out_axes = axes if example.ndim == 4 and dynamic else {0: "batch"}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # The TorchScript-based exporter handles dynamic height/width for every smp
+            # and timm model we tried, in seconds; the torch.export-based one took ~10x
+            # longer (U-Net/MobileNetV2: 6 s against 70 s on 2 busy cores), so it is the
+            # fallback for operators the first cannot express.
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except Exception as first:
+            try:
+                import onnxscript  # noqa: F401
+            except ImportError:
+                raise first from None
+            dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+            if dynamic:
+                dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})  # type: ignore[dict-item]
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=(dims,),
+                opset_version=max(opset, 18),
+                dynamo=True,
+                verbose=False,
+            )
+    tmp.replace(path)
+
+
+def _onnx_runner(path: Path):  # type: ignore[no-untyped-def]
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]
+
+
+def export(
+    run: str | Path,
+    format: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    opset: int = 17,
+    dynamic: bool | None = None,
+) -> ExportResult:
+    """Export a run's model and write its bundle (model file + model.json).
+
+    Args:
+        run: the run folder.
+        format: ``onnx`` or ``torchscript``.
+        out: output folder (default ``RUN/export-<format>``).
+        opset: ONNX opset version.
+        dynamic: dynamic height and width (default: on for segmentation).
+
+    >>> liandan.export("runs/train", "onnx").model_file  # doctest: +SKIP
+    PosixPath('runs/train/export-onnx/model.onnx')
+    """
+    if format not in FILES:
+        raise ConfigError(
+            f"unknown export format {format!r}", where="--format", hint="onnx or torchscript"
+        )
+    run = Path(run)
+    _, meta = read_model_json(run)
+    if "export" in meta:
+        raise CheckpointError(
+            "this folder is already an export", where=run, hint="export from the run folder"
+        )
+    model, meta = load_model(run)  # safetensors only: loading never unpickles
+    model = model.float().eval()
+    task = meta["task"]
+    dynamic = (task == "segment") if dynamic is None else dynamic
+    sizes = _check_sizes(meta)
+    bands = int(meta["in_channels"])
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(1, bands, *sizes[0], generator=gen)
+    out_dir = Path(out) if out is not None else run / f"export-{format}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / FILES[format]
+    try:
+        if format == "onnx":
+            try:
+                import onnx  # noqa: F401
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "ONNX export needs the onnx and onnxruntime packages",
+                    where="--format",
+                    hint="pip install 'liandan[export]'",
+                ) from None
+            with torch.no_grad():
+                _export_onnx(model, example, path, opset, dynamic)
+            runner = _onnx_runner(path)
+        else:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(model, example, check_trace=False)
+            buffer = _save_torchscript(traced)
+            atomic_write_bytes(path, buffer)
+            loaded = torch.jit.load(str(path), map_location="cpu")
+            runner = lambda x: loaded(x).detach().numpy()  # noqa: E731
+    except (ConfigError, CheckpointError):
+        raise
+    except Exception as exc:
+        op = _operator_in(str(exc))
+        what = (op if op.startswith("operator") else f"operator {op}") if op else type(exc).__name__
+        raise ConfigError(
+            f"the {meta['arch']} model cannot be exported to {format}: {what} "
+            f"({str(exc).splitlines()[0][:200]})",
+            where="model.arch",
+            hint="try another --opset, the other format, or an architecture that exports",
+        ) from None
+    diffs: dict[str, float] = {}
+    for h, w in sizes:
+        x = torch.randn(2, bands, h, w, generator=gen)
+        with torch.no_grad():
+            eager = _probs(model(x))
+        diff = float(np.abs(_probs(runner(x)) - eager).max())
+        diffs[f"{h}x{w}"] = diff
+        if not diff <= TOLERANCE:
+            path.unlink(missing_ok=True)
+            raise ConfigError(
+                f"the exported model differs from PyTorch by {diff:.2e} at {h}x{w} "
+                f"(tolerance {TOLERANCE:g})",
+                where=str(path),
+                hint="report this model/format combination; use the other format meanwhile",
+            )
+    shape_out = ["batch", len(meta["classes"])] + (["height", "width"] if task == "segment" else [])
+    meta["export"] = {
+        "format": format,
+        "file": path.name,
+        "liandan_version": _version(),
+        "opset": opset if format == "onnx" else None,
+        "dynamic": dynamic,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "normalized": True,
+            "shape": [
+                "batch",
+                bands,
+                "height" if dynamic else sizes[0][0],
+                "width" if dynamic else sizes[0][1],
+            ],
+        },
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "kind": "logits", "shape": shape_out},
+        "tolerance": TOLERANCE,
+        "max_abs_diff": diffs,
+    }
+    atomic_write_json(out_dir / "model.json", meta)
+    return ExportResult(out_dir, path, format, diffs)
+
+
+def _save_torchscript(module: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return buffer.getvalue()
+
+
+def _version() -> str:
+    from liandan import __version__
+
+    return __version__
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX file run by onnxruntime, callable like the PyTorch model it came from.
+
+    Lets the same Predictor (tiling, blending, writers) run an export. Uses the CUDA
+    provider when onnxruntime has it, else the CPU.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.input_shape = self.session.get_inputs()[0].shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {INPUT_NAME: x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def load_export(folder: Path, meta: dict[str, Any]) -> torch.nn.Module:
+    """The network of an export bundle; never unpickles (ONNX protobuf / TorchScript)."""
+    info = meta["export"]
+    if not isinstance(info, dict) or info.get("format") not in FILES:
+        raise CheckpointError("model.json has no valid 'export' entry", where=folder / "model.json")
+    path = folder / str(info.get("file", FILES[info["format"]]))
+    if not path.is_file():
+        raise CheckpointError(f"{path.name} is missing beside model.json", where=folder)
+    if info["format"] == "torchscript":
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    try:
+        module = OnnxModule(path)
+    except ImportError:
+        raise CheckpointError(
+            "predicting with an ONNX export needs onnxruntime",
+            where=path,
+            hint="pip install onnxruntime",
+        ) from None
+    bands = module.input_shape[1] if len(module.input_shape) > 1 else None
+    if isinstance(bands, int) and bands != int(meta["in_channels"]):
+        raise CheckpointError(
+            f"model.json says {meta['in_channels']} input bands but {path.name} takes {bands}",
+            where=folder / "model.json",
+            hint="the bundle was altered: export it again from the run",
+        )
+    return module
+
+
+def read_bundle(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Validated model.json of an export folder."""
+    folder, meta = read_model_json(folder)
+    if "export" not in meta:
+        raise CheckpointError("not an export folder (model.json has no 'export')", where=folder)
+    json.dumps(meta)  # must be plain JSON
+    return folder, meta

@@ -1,0 +1,344 @@
+"""`liandan plan`: from a dataset fingerprint to a complete config, every choice explained.
+
+Plan trains nothing. Each rule reads the fingerprint written by ``liandan scan`` (sizes,
+bands, dtype, class frequencies, dataset size) and the target device, sets one part of
+the config and says why in one sentence. ``plan.yaml`` carries the sentences as
+comments; ``plan.md`` beside it lists them. Values that must be measured (the learning
+rate) are written ``auto`` and resolved when training starts.
+
+>>> p = plan("data/", budget="10m")  # doctest: +SKIP
+>>> p.config.model.arch, p.reasons["model.arch"]  # doctest: +SKIP
+('unet', 'U-Net: the standard encoder-decoder for segmentation ...')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from liandan.config import Config, apply_override
+from liandan.data.fingerprint import Fingerprint
+
+CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
+GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
+MAX_EPOCHS = 300  # upper bound when a time budget decides the length
+# Training memory per input pixel and sample, in float32 values (activations + gradients),
+# rough figures measured with torch.cuda.max_memory_allocated at 256 px; x2 safety margin.
+FLOATS_PER_PIXEL = {"lenet": 40, "resnet18": 250, "resnet34": 350, "resnet50": 700}
+SEG_FLOATS_PER_PIXEL = {"mobilenet_v2": 900, "resnet18": 1200, "resnet34": 1400, "resnet50": 2500}
+
+
+@dataclass
+class Plan:
+    """A planned config and the reason for each decision (dotted key -> sentence)."""
+
+    config: Config
+    reasons: dict[str, str]
+    fingerprint: Fingerprint
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+    def yaml(self) -> str:
+        """The complete config as YAML, each planned key followed by its reason."""
+        lines = [f"# liandan plan for {self.config.data.root} (device: {self.device})"]
+        for key, value in self.config.to_dict().items():
+            if not isinstance(value, dict):
+                lines.append(_line(key, value, self.reasons.get(key), 0))
+                continue
+            lines.append(f"{key}:")
+            for sub, v in value.items():
+                lines.append(_line(sub, v, self.reasons.get(f"{key}.{sub}"), 2))
+        return "\n".join(lines) + "\n"
+
+    def markdown(self) -> str:
+        """plan.md: the fingerprint in brief, then one sentence per decision."""
+        fp = self.fingerprint
+        size = fp.image_size.get("median", [0, 0])
+        head = [
+            f"# Plan for `{self.config.data.root}`",
+            "",
+            f"{fp.num_samples} {fp.task} samples ({fp.layout} layout), median image "
+            f"{size[1]}x{size[0]}, {fp.bands} band(s) of {', '.join(fp.dtypes)}, "
+            f"classes {fp.classes}, imbalance ratio {fp.imbalance_ratio}; device {self.device}.",
+            "",
+        ]
+        body = [f"- **{k} = {_value(self.config, k)}**: {r}" for k, r in self.reasons.items()]
+        notes = ["", *[f"Note: {n}" for n in self.notes]] if self.notes else []
+        return "\n".join(head + body + notes) + "\n"
+
+    def write(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``plan.yaml`` (any name) and ``plan.md`` beside it."""
+        from liandan.runs import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, self.yaml())
+        md = path.with_name("plan.md")
+        atomic_write_text(md, self.markdown())
+        return path, md
+
+
+def _line(key: str, value: Any, reason: str | None, indent: int) -> str:
+    text = f"{' ' * indent}{key}: {json.dumps(value)}"
+    return f"{text}  # {reason}" if reason else text
+
+
+def _value(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node.value if hasattr(node, "value") else node
+
+
+def _device(device: str) -> tuple[str, float]:
+    """``cpu`` or ``cuda`` and the memory (bytes) a batch may use."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        total = 16 * 1024**3  # planning for a GPU on a machine without one: a 16 GB card
+        if torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+        return device, 0.5 * total
+    return "cpu", 2 * 1024**3
+
+
+def _ceil32(x: float) -> int:
+    return int(32 * math.ceil(x / 32))
+
+
+def _pow2_floor(x: float) -> int:
+    return int(2 ** math.floor(math.log2(max(x, 1))))
+
+
+def plan_from_fingerprint(
+    fp: Fingerprint,
+    root: str | Path,
+    *,
+    budget: str | None = None,
+    device: str = "auto",
+) -> Plan:
+    """The rules: fingerprint (+ device, budget) -> Config with a reason per decision."""
+    device, memory = _device(device)
+    gpu = device == "cuda"
+    seg = fp.task == "segment"
+    cfg: dict[str, Any] = {}
+    why: dict[str, str] = {}
+
+    def put(key: str, value: Any, reason: str) -> None:
+        apply_override(cfg, f"{key}={json.dumps(value)}")
+        why[key] = reason
+
+    put("task", fp.task, f"the {fp.layout} layout holds {'masks' if seg else 'image labels'}")
+    apply_override(cfg, f"data.root={json.dumps(str(root))}")
+    put("data.layout", fp.layout, "detected from the folder structure")
+    n_train = fp.splits.get("train", 0) + round(0.8 * fp.splits.get("none", 0))
+    h, w = fp.image_size.get("median", [32, 32])
+    side, top = min(h, w), max(fp.image_size.get("max", [h, w]))
+    bands = max(fp.bands, key=fp.bands.count) if fp.bands else 3
+    dtype = fp.dtypes[0] if fp.dtypes else "uint8"
+    overhead = fp.georeferenced or bands > 4 or dtype != "uint8"
+    overhead = overhead or (any(e in (".tif", ".tiff") for e in fp.extensions) and h == w)
+
+    # input size: keep the median image's detail, within what the device trains fast
+    cap = (384 if gpu else 224) if not seg else (512 if gpu else 256)
+    if not seg and side <= 64:
+        size = max(32, _ceil32(side))
+        put("data.image_size", size, f"median image is {w}x{h}: small images are upsampled "
+            f"to {size}, the smallest size the small CNNs are built for")  # fmt: skip
+    else:
+        size = max(32, min(_ceil32(side), cap))
+        limit = f"; capped at {cap} to fit {device} memory and speed" if _ceil32(side) > cap else ""
+        put("data.image_size", size, f"median image is {w}x{h}{limit}")
+        if top > 2048:
+            why["data.image_size"] += (
+                f"; the largest image ({top} px) is resized whole, tiles would keep its detail"
+            )
+
+    # normalization from dtype and band statistics
+    if dtype == "uint8" and bands in (1, 3):
+        put("data.normalize", "dataset", "8-bit images: per-band mean/std of the training set")
+    elif dtype == "uint8":
+        put("data.normalize", "dataset", f"{bands}-band 8-bit images: per-band mean/std")
+    else:
+        low, high = fp.band_p005, fp.band_p995
+        put("data.normalize", "percentile", f"{dtype} values with long tails (0.5-99.5% range "
+            f"{low} .. {high}): each band is clipped to its percentiles and scaled to 0-1")  # fmt: skip
+        put("data.percentiles", [0.5, 99.5], "keeps 99% of the values, clips sensor outliers")
+
+    # architecture sized to data and device
+    if seg:
+        encoder = "resnet18" if (not gpu or n_train < 1000) else "resnet34"
+        if gpu and n_train >= 10000:
+            encoder = "resnet50"
+        put("model.arch", "unet", "U-Net: the encoder-decoder that nnU-Net found hard to beat")
+        put("model.encoder", encoder, f"{n_train} training images on {device}: "
+            f"{'a small encoder trains fast and overfits less' if encoder == 'resnet18' else 'enough data for a deeper encoder'}")  # fmt: skip
+        per_pixel = SEG_FLOATS_PER_PIXEL[encoder]
+    else:
+        arch = "lenet" if size <= 64 else ("resnet50" if gpu and n_train >= 10000 else "resnet18")
+        put("model.arch", arch, f"{size} px inputs, {n_train} training images on {device}"
+            + (": a LeNet-size CNN is enough for tiny images" if arch == "lenet" else ""))  # fmt: skip
+        per_pixel = FLOATS_PER_PIXEL[arch]
+    put("model.weights", "none", "from scratch (no download); model.weights=imagenet usually "
+        "helps RGB photos when the weights can be fetched")  # fmt: skip
+
+    # loss and class weights from the imbalance ratio
+    ratio = fp.imbalance_ratio or 1.0
+    unit = "pixels" if seg else "images"
+    if seg:
+        loss = "focal+dice" if ratio > 100 else "ce+dice"
+        put("loss.name", loss, f"Dice is insensitive to class size; {'focal' if ratio > 100 else 'CE'} "
+            f"keeps per-pixel gradients (imbalance ratio {ratio:g} in {unit})")  # fmt: skip
+        heavy = ratio > 10
+    else:
+        loss = "focal" if ratio > 20 else "ce"
+        put("loss.name", loss, f"imbalance ratio {ratio:g} in {unit}"
+            + ("; focal loss down-weights the easy majority" if loss == "focal" else ""))  # fmt: skip
+        heavy = ratio > 3
+    if heavy:
+        put("loss.class_weights", "auto", f"imbalance ratio {ratio:g} > {10 if seg else 3}: rare "
+            "classes weighted up (median-frequency balancing)")  # fmt: skip
+        put("loss.class_weighting", "median", "median frequency: gentler than inverse counts")
+
+    # augmentation: rotations only where orientation carries no meaning
+    if overhead:
+        reason = "overhead imagery (georeferenced, multi-band, 16-bit or square TIFF tiles): "
+        for key in ("augment.hflip", "augment.vflip", "augment.rotate90"):
+            put(key, 0.5, reason + "any orientation is valid")
+    elif not seg and size <= 64 and bands == 1:
+        put("augment.hflip", 0.0, "small single-band images (glyphs, digits): mirroring "
+            "can change the class")  # fmt: skip
+    else:
+        put("augment.hflip", 0.5, "upright photos: mirrored left-right is still valid")
+        put("augment.vflip", 0.0, "upright photos: upside-down is not")
+    if dtype == "uint8" and bands == 3:
+        put("augment.brightness_contrast", 0.3, "RGB photos vary in exposure")
+    if side >= 1.5 * size:
+        put("augment.scale", [0.5, 1.0], f"images ({side} px) are larger than the input "
+            f"({size} px): random crops of half to all of the area add scale variety")  # fmt: skip
+
+    # batch size: memory estimate with a 2x margin, and enough steps per epoch
+    per_sample = per_pixel * size * size * 4 * 2
+    batch = _pow2_floor(min(memory / per_sample, 64 if gpu else (16 if seg else 64)))
+    batch = max(2, min(batch, _pow2_floor(max(2, n_train // 8))))
+    put("train.batch_size", batch, f"~{per_sample / 2**20:.1f} MB per sample at {size} px "
+        f"(x2 margin) in {memory / 2**30:.0f} GB, at least 8 steps per epoch")  # fmt: skip
+    put("optim.name", "adamw", "AdamW: robust to the learning rate across architectures")
+    put("optim.lr", "auto", "measured by the lr range test when training starts")
+
+    # length and schedule: from the budget, or a step target
+    steps = max(1, n_train // batch)
+    if budget:
+        put("train.budget", budget, "the run is fitted to this wall-clock budget")
+        put("train.epochs", MAX_EPOCHS, "upper bound: the budget decides the actual number")
+        epochs = MAX_EPOCHS
+    else:
+        target = GPU_STEPS if gpu else CPU_STEPS
+        epochs = int(min(MAX_EPOCHS, max(10, math.ceil(target / steps))))
+        put("train.epochs", epochs, f"about {target} optimizer steps ({steps} per epoch)")
+    put("schedule.name", "cosine", "cosine decay: no schedule knobs to tune")
+    put("schedule.warmup_epochs", 1.0 if epochs >= 10 else 0.0, "one warmup epoch steadies "
+        "AdamW's first steps")  # fmt: skip
+    put("train.patience", max(10, epochs // 5), "stop when the validation metric has not "
+        "improved for this many epochs")  # fmt: skip
+    config = Config.from_dict(cfg, "plan")
+    return Plan(config, why, fp, device)
+
+
+def plan(
+    data: str | Path,
+    *,
+    budget: str | None = None,
+    device: str = "auto",
+    use_cache: bool = True,
+) -> Plan:
+    """Scan DATA and plan a config for it (trains nothing).
+
+    Args:
+        data: the dataset folder.
+        budget: wall-clock budget such as ``10m``; None plans by a step count.
+        device: ``cpu``, ``cuda``, or ``auto`` (this machine's).
+        use_cache: reuse ``liandan scan``'s record cache.
+
+    >>> liandan.plan("data/", budget="10m").write("plan.yaml")  # doctest: +SKIP
+    """
+    from liandan.scan_report import scan
+
+    report = scan(data, use_cache=use_cache)
+    result = plan_from_fingerprint(
+        report.fingerprint, Path(data).resolve(), budget=budget, device=device
+    )
+    errors = [p for p in report.problems if p.severity == "error"]
+    if errors:
+        result.notes.append(
+            f"scan found {len(errors)} problem(s) that stop training: run `liandan scan` "
+            "and fix them, or set data.on_error=skip"
+        )
+        result.config.data.on_error = "skip"
+        result.reasons["data.on_error"] = f"{len(errors)} bad file(s) left out (listed in the run)"
+    result.notes += report.notes
+    return result
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def planned_config(
+    data: str | Path | None, config: Config | str | Path | None, overrides: list[str] | None
+) -> tuple[Config, Plan]:
+    """``train --plan``: the plan's config, then the config file's keys, then overrides.
+
+    Only what the user wrote overrides the plan (not the defaults of an unwritten key).
+    """
+    from liandan.config import read_yaml
+
+    if isinstance(config, Config):
+        user: dict[str, Any] = config.model_dump(mode="json", exclude_unset=True)
+    else:
+        user = read_yaml(Path(config)) if config is not None else {}
+    for item in overrides or []:
+        apply_override(user, item)
+    first = Config.from_dict(user, "config with overrides")
+    root = data if data is not None else first.data.root
+    if root is None:
+        from liandan.errors import ConfigError
+
+        raise ConfigError("no dataset to plan for", where="data.root", hint="pass DATA")
+    result = plan(root, budget=first.train.budget)
+    merged = Config.from_dict(_merge(result.config.to_dict(), user), "plan with your settings")
+    for key in [k for k in result.reasons if _written(user, k)]:
+        result.reasons[key] = "set by you (the plan's choice was overridden)"
+    result.config = merged
+    return merged, result
+
+
+def _written(user: dict[str, Any], key: str) -> bool:
+    node: Any = user
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+class _CallableModule(types.ModuleType):
+    """``liandan.plan(...)`` calls :func:`plan` (the module and the function share a name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return plan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,175 @@
+"""Per-sample evaluation: each sample of a split through a run's Predictor, once.
+
+One pass gives the confusion matrix ``metrics.json`` is built from, plus what a single
+matrix cannot hold: the class probabilities of each image (classification: top-k,
+ROC/PR curves, calibration, top losses) and the IoU of each image (segmentation: the
+IoU distribution and the worst images). ``liandan evaluate`` and the report share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from liandan.config import Config
+from liandan.data.datamodule import split_samples
+from liandan.data.datasets import load_image
+from liandan.data.layouts import ClassSpec, Sample, find_samples
+from liandan.data.readers import read_mask
+from liandan.data.scan import CheckedDataset, MaskMapper, check_dataset
+from liandan.errors import ConfigError
+from liandan.metrics import ConfusionMatrix
+from liandan.metrics_extra import classification_extras, image_iou, segmentation_extras
+
+if TYPE_CHECKING:
+    from liandan.predict import Predictor
+
+
+def classes_from_meta(meta: dict[str, Any]) -> ClassSpec:
+    """The classes a run's model was trained on, from its model.json."""
+    return ClassSpec(
+        list(meta["classes"]),
+        values=meta.get("values"),
+        colors=[tuple(c) for c in meta.get("colors") or []],  # type: ignore[misc]
+        ignore_index=meta.get("ignore_index"),
+        color_masks=bool(meta.get("color_masks")),
+    )
+
+
+def rebuild_splits(
+    cfg: Config, classes: ClassSpec
+) -> tuple[CheckedDataset, dict[str, list[Sample]]]:
+    """Index, check and split ``cfg.data.root`` exactly as training did (same seed)."""
+    if cfg.data.root is None:
+        raise ConfigError("no dataset to evaluate on", where="data.root")
+    index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
+    if index.task == "segment":
+        index.classes = classes
+    elif index.classes.names != classes.names:
+        raise ConfigError(
+            f"the dataset's classes {index.classes.names} differ from the model's {classes.names}",
+            where=cfg.data.root,
+        )
+    checked = check_dataset(index, bands=cfg.data.bands, on_error=cfg.data.on_error)
+    return checked, split_samples(index, cfg.data.val_fraction, cfg.train.seed)
+
+
+def pick_split(splits: dict[str, list[Sample]], split: str) -> list[Sample]:
+    """The samples of ``split`` (``all``: train + val + test); an error when empty."""
+    if split == "all":
+        samples = [s for name in ("train", "val", "test") for s in splits.get(name, [])]
+    else:
+        samples = splits.get(split, [])
+    if not samples:
+        raise ConfigError(
+            f"the dataset has no {split!r} split",
+            where="--split",
+            hint="use --split val, test or all",
+        )
+    return samples
+
+
+def truth_mask(checked: CheckedDataset, sample: Sample, mapper: MaskMapper) -> np.ndarray:
+    """A sample's mask as class indices (-1 ignored), from the cache or the file."""
+    assert isinstance(sample.target, Path)
+    mask = checked.masks.get(sample.target)
+    if mask is None:
+        mask = mapper.map(read_mask(sample.target))
+    return mask
+
+
+def sample_name(sample: Sample, root: Path | None) -> str:
+    """The image's path relative to the dataset folder (its file name otherwise)."""
+    if root is not None:
+        try:
+            return sample.image.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return sample.image.name
+
+
+@dataclass
+class SampleResults:
+    """Everything one pass over a split yields.
+
+    Attributes:
+        task: ``classify`` or ``segment``.
+        classes: class names, in index order.
+        samples: the evaluated samples, in order.
+        names: one display name per sample (path relative to the dataset).
+        confusion: ``(K, K)`` int64 counts, rows = truth.
+        probs: ``(N, K)`` class probabilities (classification).
+        targets: ``(N,)`` true class indices (classification).
+        ious: per-image IoU, ``None`` where every pixel is ignored (segmentation).
+    """
+
+    task: str
+    classes: list[str]
+    samples: list[Sample]
+    names: list[str]
+    confusion: np.ndarray
+    probs: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    ious: list[float | None] = field(default_factory=list)
+
+    def extras(self) -> dict[str, Any]:
+        """The extra metrics.json entries (see :mod:`liandan.metrics_extra`)."""
+        if self.task == "classify":
+            assert self.probs is not None and self.targets is not None
+            return classification_extras(
+                self.probs, self.targets, self.classes, matrix=self.confusion
+            )
+        return segmentation_extras(self.names, self.ious, self.classes, self.confusion)
+
+    def losses(self) -> np.ndarray:
+        """Cross-entropy of each classified sample: ``-log p(true class)``."""
+        assert self.probs is not None and self.targets is not None
+        p = self.probs[np.arange(len(self.targets)), self.targets]
+        return -np.log(np.clip(p, 1e-12, 1.0))
+
+
+def evaluate_samples(
+    predictor: Predictor,
+    checked: CheckedDataset,
+    samples: list[Sample],
+    *,
+    bands: list[int] | None = None,
+) -> SampleResults:
+    """Predict every sample and count it; keep per-sample probabilities or IoUs."""
+    classes = checked.index.classes
+    n = classes.num_classes
+    task = predictor.task
+    mapper = MaskMapper(classes) if task == "segment" else None
+    total = ConfusionMatrix(n, ignore_index=-1)
+    probs: list[np.ndarray] = []
+    targets: list[int] = []
+    ious: list[float | None] = []
+    for sample in samples:
+        p = predictor.predict_array(load_image(checked, sample, bands), sample.image)
+        if mapper is not None:
+            truth = torch.from_numpy(truth_mask(checked, sample, mapper).astype(np.int64))
+            one = ConfusionMatrix(n, ignore_index=-1)
+            one.update(torch.from_numpy(p.argmax(0)), truth)
+            ious.append(image_iou(one.numpy()))
+            total.merge(one)
+        else:
+            assert isinstance(sample.target, int)
+            total.update(torch.tensor([int(p.argmax())]), torch.tensor([sample.target]))
+            probs.append(p.astype(np.float32))
+            targets.append(sample.target)
+    results = SampleResults(
+        task,
+        list(classes.names),
+        list(samples),
+        [sample_name(s, checked.index.root) for s in samples],
+        total.numpy(),
+        ious=ious,
+    )
+    if task == "classify":
+        results.probs = np.stack(probs) if probs else np.zeros((0, n), np.float32)
+        results.targets = np.asarray(targets, dtype=np.int64)
+    return results

@@ -1,0 +1,311 @@
+"""`liandan scan`: every problem in a dataset, and its fingerprint, in one pass.
+
+Each file is decoded once (in a few threads) and summarised in a small record: shape,
+dtype, a hash of the decoded pixels, per-band moments and quantiles, mask value
+counts. Records are cached in the user's cache folder (never in the dataset), keyed by
+path, size and modification time, so a second scan only decodes what changed. The
+problems and the :class:`Fingerprint` are computed from the records; ``plan`` reads the
+fingerprint. Nothing in the dataset folder is ever written.
+
+>>> report = scan("data/")  # doctest: +SKIP
+>>> report.ok, report.fingerprint.image_size["median"]  # doctest: +SKIP
+(True, [512, 512])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liandan.data.fingerprint import (
+    LEVELS,
+    Fingerprint,
+    Problem,
+    build_fingerprint,
+    check_records,
+)
+from liandan.data.layouts import find_samples, read_classes_yaml
+from liandan.data.readers import RASTER_EXTS, image_shape, is_image_file, read_image, read_mask
+from liandan.errors import DataError
+
+CACHE_VERSION = 1
+MAX_PIXELS = 179_000_000  # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
+# files a dataset folder may hold besides images
+KNOWN_FILES = {"classes.yaml", "labels.csv", "readme.md", "readme.txt", "license", "license.txt"}
+KNOWN_SUFFIXES = {".txt", ".xml", ".geojson", ".gpkg", ".shp", ".shx", ".dbf", ".prj", ".cpg"}
+
+
+@dataclass
+class ScanReport:
+    """Problems, fingerprint and notes of one dataset folder."""
+
+    root: Path
+    problems: list[Problem]
+    fingerprint: Fingerprint
+    notes: list[str] = field(default_factory=list)
+    decoded: int = 0  # files decoded in this scan (the rest came from the cache)
+    cached: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """No problem that would stop training."""
+        return not any(p.severity == "error" for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "ok": self.ok,
+            "problems": [{**asdict(p), "severity": p.severity} for p in self.problems],
+            "fingerprint": asdict(self.fingerprint),
+            "notes": self.notes,
+            "files": {"decoded": self.decoded, "cached": self.cached},
+        }
+
+
+# ------------------------------------------------------------------ cache
+def cache_dir() -> Path:
+    """``$LIANDAN_CACHE_DIR`` or ``$XDG_CACHE_HOME/liandan`` or ``~/.cache/liandan``."""
+    if os.environ.get("LIANDAN_CACHE_DIR"):
+        return Path(os.environ["LIANDAN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "liandan"
+
+
+def _cache_path(root: Path) -> Path:
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "scan" / f"{digest}.json"
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data.get("records", {}) if data.get("version") == CACHE_VERSION else {}
+
+
+def _save_cache(path: Path, records: dict[str, Any]) -> None:
+    from liandan.runs import atomic_write_text
+
+    try:
+        text = json.dumps({"version": CACHE_VERSION, "records": records})
+        atomic_write_text(path, text)
+    except OSError:  # a read-only home must not stop a scan
+        pass
+
+
+# ------------------------------------------------------------------ one file
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _raster_header(path: Path) -> tuple[float | None, bool]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.nodata, src.crs is not None
+
+
+def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
+    """Summary of one image: shape, dtype, pixel hash, per-band statistics."""
+    rec: dict[str, Any] = {"stamp": _stamp(path), "nodata_asked": nodata}
+    if rec["stamp"][0] == 0:
+        return {**rec, "error": "empty-file", "reason": "empty file (0 bytes)"}
+    try:
+        h, w, _ = image_shape(path)
+    except DataError as exc:
+        return {**rec, "error": "unreadable", "reason": exc.message}
+    if path.suffix.lower() not in RASTER_EXTS and h * w > MAX_PIXELS:
+        reason = f"{w}x{h} = {h * w / 1e6:.0f} Mpx: decompression-bomb sized, not decoded"
+        return {**rec, "error": "bomb", "reason": reason}
+    try:
+        img = read_image(path)
+    except DataError as exc:
+        return {**rec, "error": "unreadable", "reason": exc.message}
+    if path.suffix.lower() in RASTER_EXTS:
+        tag, rec["geo"] = _raster_header(path)
+        nodata = nodata if nodata is not None else tag
+    flat = img.reshape(-1, img.shape[2]).astype(np.float64)
+    rec.update(
+        h=int(img.shape[0]),
+        w=int(img.shape[1]),
+        c=int(img.shape[2]),
+        dtype=str(img.dtype),
+        hash=hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest(),
+        mean=flat.mean(0).tolist(),
+        var=flat.var(0).tolist(),
+        q=np.percentile(flat, LEVELS, axis=0).T.tolist(),  # (bands, levels)
+        nodata=nodata,
+        nodata_pixels=int((flat == nodata).all(1).sum()) if nodata is not None else 0,
+    )
+    return rec
+
+
+def inspect_mask(path: Path) -> dict[str, Any]:
+    """Summary of one mask: shape and the count of each raw value (or colour)."""
+    rec: dict[str, Any] = {"stamp": _stamp(path)}
+    try:
+        mask = read_mask(path)
+    except DataError as exc:
+        kind = "empty-file" if rec["stamp"][0] == 0 else "unreadable"
+        return {**rec, "error": kind, "reason": exc.message}
+    rec.update(h=int(mask.shape[0]), w=int(mask.shape[1]), color=mask.ndim == 3)
+    if mask.ndim == 3:
+        values, counts = np.unique(mask.reshape(-1, 3), axis=0, return_counts=True)
+        rec["values"] = {
+            ",".join(str(int(x)) for x in v): int(n) for v, n in zip(values, counts, strict=True)
+        }
+    else:
+        values, counts = np.unique(mask, return_counts=True)
+        rec["values"] = {str(int(v)): int(n) for v, n in zip(values.tolist(), counts, strict=True)}
+    return rec
+
+
+# ------------------------------------------------------------------ scan
+def _records(
+    paths: list[tuple[Path, str]], cache: dict[str, Any], nodata: float | None, progress: bool
+) -> tuple[dict[Path, dict[str, Any]], int]:
+    """Records for (path, "image"|"mask"), decoding only files not in the cache."""
+    out: dict[Path, dict[str, Any]] = {}
+    todo: list[tuple[Path, str]] = []
+    for path, kind in paths:
+        rec = cache.get(str(path))
+        fresh = rec is not None and rec.get("stamp") == _stamp(path)
+        if fresh and kind == "image" and rec.get("nodata_asked") != nodata:  # type: ignore[union-attr]
+            fresh = False
+        if fresh:
+            out[path] = rec  # type: ignore[assignment]
+        else:
+            todo.append((path, kind))
+
+    def work(item: tuple[Path, str]) -> dict[str, Any]:
+        path, kind = item
+        return inspect_image(path, nodata) if kind == "image" else inspect_mask(path)
+
+    if todo:
+        from rich.progress import Progress
+
+        workers = min(4, os.cpu_count() or 1)
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("scanning", total=len(todo))
+            with ThreadPoolExecutor(workers) as pool:
+                for (path, _), rec in zip(todo, pool.map(work, todo), strict=True):
+                    out[path] = rec
+                    bar.advance(task)
+    for path, rec in out.items():
+        cache[str(path)] = rec
+    return out, len(todo)
+
+
+def _stray_files(root: Path, used: set[Path]) -> list[Problem]:
+    """Files in the dataset folder that are neither samples nor known side files."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path in used or path.name.startswith("."):
+            continue
+        if path.name.lower() in KNOWN_FILES or path.suffix.lower() in KNOWN_SUFFIXES:
+            continue
+        if path.name.endswith(".aux.xml") or is_image_file(path):
+            continue
+        found.append(Problem("not-an-image", str(path), "not an image file: ignored"))
+    return found
+
+
+def scan(
+    root: str | Path,
+    *,
+    layout: str = "auto",
+    ignore_index: int | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> ScanReport:
+    """Scan a dataset folder: every problem (file + reason) and the fingerprint.
+
+    Args:
+        root: the dataset folder.
+        layout: a layout name, or ``auto``.
+        ignore_index: raw mask value to ignore (overrides classes.yaml).
+        use_cache: read and update the record cache in the user's cache folder.
+        progress: show a progress bar while decoding.
+
+    >>> liandan.scan("data/").ok  # doctest: +SKIP
+    True
+    """
+    root = Path(root)
+    index = find_samples(root, layout, None, ignore_index, strict=False)
+    # what strict indexing would refuse (unpaired files, empty class folders) blocks training
+    problems = [Problem(kind, str(f), why, blocking=True) for kind, f, why in index.problems]
+    yaml_data = read_classes_yaml(root) if index.task == "segment" else None
+    nodata = yaml_data.get("nodata") if yaml_data else None
+    paths: list[tuple[Path, str]] = [(s.image, "image") for s in index.samples]
+    paths += [(s.target, "mask") for s in index.samples if isinstance(s.target, Path)]
+    cache_file = _cache_path(root)
+    cache = _load_cache(cache_file) if use_cache else {}
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # set here: the worker threads share the filters
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        records, decoded = _records(paths, cache, nodata, progress)
+    if use_cache:
+        _save_cache(cache_file, {str(p): r for p, r in records.items()})
+    notes = list(index.notes)
+    problems += check_records(index, records, notes)
+    problems += _stray_files(root, {p for p, _ in paths})
+    fingerprint = build_fingerprint(index, records, nodata)
+    return ScanReport(
+        root, problems, fingerprint, notes, decoded=decoded, cached=len(records) - decoded
+    )
+
+
+def print_report(report: ScanReport, console: Any) -> None:
+    """The report as rich tables: problems (file, reason) then the fingerprint."""
+    from rich.table import Table
+
+    fp = report.fingerprint
+    if report.problems:
+        table = Table(title=f"{len(report.problems)} problem(s)", title_justify="left")
+        for col in ("severity", "kind", "file", "reason"):
+            table.add_column(col, overflow="fold")
+        for p in report.problems:
+            style = "red" if p.severity == "error" else "yellow"
+            table.add_row(f"[{style}]{p.severity}[/{style}]", p.kind, p.file, p.reason)
+        console.print(table)
+    table = Table(title=f"fingerprint of {report.root}", title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    size = fp.image_size
+    rows = [
+        ("task / layout", f"{fp.task} / {fp.layout}"),
+        ("samples", f"{fp.num_samples} ({', '.join(f'{k}: {v}' for k, v in fp.splits.items())})"),
+        ("image size h x w", " / ".join(f"{k} {v[0]}x{v[1]}" for k, v in size.items())),
+        ("bands / dtypes", f"{fp.bands} / {fp.dtypes}"),
+        ("band mean", str(fp.band_mean)),
+        ("band std", str(fp.band_std)),
+        ("band 0.5 / 99.5 %", f"{fp.band_p005} / {fp.band_p995}"),
+        ("images per class", str(fp.class_images)),
+    ]
+    if fp.class_pixels:
+        rows.append(("pixels per class", str(fp.class_pixels)))
+    rows.append(("imbalance ratio", str(fp.imbalance_ratio)))
+    if fp.nodata_value is not None:
+        rows.append(("nodata", f"value {fp.nodata_value}: {fp.nodata_fraction:.2%} of pixels"))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/dim]")
+    errors = sum(p.severity == "error" for p in report.problems)
+    verdict = "[green]ready to train[/green]" if report.ok else f"[red]{errors} error(s)[/red]"
+    console.print(f"{verdict}; {report.decoded} file(s) decoded, {report.cached} from the cache")

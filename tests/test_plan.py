@@ -1,0 +1,96 @@
+"""`liandan plan`: a valid config from a fingerprint, a reason for each decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from conftest import FAST_CLS, make_imagefolder, save
+from liandan.cli import main
+from liandan.config import Config
+from liandan.data.fingerprint import Fingerprint
+from liandan.plan import plan, plan_from_fingerprint
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIANDAN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_tiny_rgb_photos(tmp_path):
+    root = make_imagefolder(tmp_path / "cls", n_per_class=8)
+    p = plan(root, device="cpu")
+    cfg = p.config
+    assert cfg.task == "classify" and cfg.data.layout == "imagefolder"
+    assert cfg.model.arch == "lenet" and cfg.data.image_size == 32
+    assert cfg.data.normalize == "dataset" and cfg.augment.hflip == 0.5
+    assert cfg.augment.rotate90 == 0.0 and cfg.loss.class_weights == "none"
+    for key in ("task", "data.image_size", "data.normalize", "model.arch", "loss.name",
+                "augment.hflip", "train.batch_size", "optim.lr", "train.epochs"):  # fmt: skip
+        assert len(p.reasons[key]) > 10, key
+    # plan.yaml is the config (comments are the reasons); plan.md has one line per decision
+    yaml_path, md_path = p.write(tmp_path / "out" / "plan.yaml")
+    assert Config.load(yaml_path) == cfg
+    text = yaml_path.read_text()
+    assert f"image_size: 32  # {p.reasons['data.image_size']}" in text
+    md = md_path.read_text()
+    assert md.count("\n- **") == len(p.reasons)
+
+
+def test_16bit_multiband_overhead(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "geo"
+    (root / "images").mkdir(parents=True)
+    for i in range(6):
+        img = rng.integers(0, 12000, (5, 48, 48), dtype=np.uint16)  # (bands, H, W)
+        tifffile.imwrite(root / "images" / f"t{i}.tif", img, planarconfig="separate")
+        save((rng.random((48, 48)) > 0.5).astype(np.uint8), root / "masks" / f"t{i}.png")
+    p = plan(root, device="cuda")
+    cfg = p.config
+    assert cfg.task == "segment" and cfg.model.arch == "unet"
+    assert cfg.data.normalize == "percentile" and cfg.data.percentiles == (0.5, 99.5)
+    assert "uint16" in p.reasons["data.normalize"]
+    assert cfg.augment.vflip == cfg.augment.rotate90 == 0.5
+    assert "overhead" in p.reasons["augment.rotate90"]
+    assert cfg.loss.name == "ce+dice" and cfg.data.image_size == 64  # 48 px up to /32
+
+
+def test_imbalanced_masks_weight_rare_classes():
+    fp = Fingerprint(
+        task="segment", layout="pairs", num_samples=400, splits={"train": 320, "val": 80},
+        classes=["bg", "crack"], class_pixels={"bg": 10**8, "crack": 2 * 10**5},
+        imbalance_ratio=500.0, image_size={"min": [900, 1200], "median": [900, 1200],
+        "max": [900, 1200]}, bands=[3], dtypes=["uint8"], extensions=[".jpg"],
+    )  # fmt: skip
+    p = plan_from_fingerprint(fp, "data", device="cpu", budget="10m")
+    cfg = p.config
+    assert cfg.loss.name == "focal+dice" and cfg.loss.class_weights == "auto"
+    assert "500" in p.reasons["loss.class_weights"]
+    assert cfg.data.image_size == 256 and "900" in p.reasons["data.image_size"]
+    assert cfg.augment.scale == (0.5, 1.0)  # images much larger than the input
+    assert cfg.augment.rotate90 == 0.0  # upright photos
+    assert cfg.train.budget == "10m" and cfg.train.epochs >= 100
+    balanced = plan_from_fingerprint(
+        fp.__class__(**{**fp.__dict__, "imbalance_ratio": 2.0}), "data", device="cpu"
+    )
+    assert balanced.config.loss.name == "ce+dice"
+    assert balanced.config.loss.class_weights == "none"
+
+
+@pytest.mark.slow
+def test_cli_plan_and_train_with_plan(tmp_path, capsys):
+    root = make_imagefolder(tmp_path / "cls", n_per_class=6)
+    assert main(["plan", str(root), "-o", str(tmp_path / "p" / "plan.yaml")]) == 0
+    assert (tmp_path / "p" / "plan.md").is_file()
+    fast = [o for o in FAST_CLS if not o.startswith("model.")] + ["optim.lr=1e-3"]
+    fast += ["train.steps_per_epoch=1"]
+    args = ["train", str(root), "--plan", "--out", str(tmp_path / "runs"), *fast]
+    assert main(args) == 0
+    run = tmp_path / "runs" / "train"
+    assert (run / "plan.md").is_file() and (run / "plan.yaml").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["arch"] == "lenet"  # the plan's choice
+    assert saved["train"]["epochs"] == 2 and saved["optim"]["lr"] == 1e-3  # user's overrides
+    assert "set by you" in (run / "plan.md").read_text()

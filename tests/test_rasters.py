@@ -1,0 +1,186 @@
+"""Training on rasters: header-only checks, windowed tiles, nodata, polygons, splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from conftest import FAST_SEG
+from liandan.config import Config
+from liandan.data.datamodule import build_data
+from liandan.data.rasters import RasterTiles
+from liandan.errors import DataError
+
+TRANSFORM = from_origin(500000, 4000000, 10.0, 10.0)
+
+
+def write(path: Path, arr: np.ndarray, *, crs="EPSG:32633", transform=TRANSFORM, nodata=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count, height, width = arr.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count,
+        dtype=arr.dtype.name, crs=crs, transform=transform, nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(arr)
+    return path
+
+
+def make_scene(root: Path, *, height: int = 150, width: int = 130, label: str = "raster") -> Path:
+    """``images/scene.tif``: 7-band uint16, nodata 0 in a 20-px left collar, a
+    non-tile-multiple size; labels: a class-index raster, another CRS, or GeoJSON."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((height, width), np.uint8)
+    truth[30:90, 40:100] = 1
+    truth[100:140, 10:60] = 2
+    image = rng.integers(100, 1000, (7, height, width)).astype(np.uint16)
+    image[:, truth == 1] += 3000
+    image[0, truth == 2] += 6000
+    image[:, :, :20] = 0  # nodata collar
+    write(root / "images" / "scene.tif", image, nodata=0)
+    if label == "raster":
+        write(root / "masks" / "scene.tif", truth[None])
+    elif label == "crs":
+        write(root / "masks" / "scene.tif", truth[None], crs="EPSG:4326")
+    else:
+        x0, y0 = TRANSFORM.c, TRANSFORM.f
+
+        def box(r0: int, r1: int, c0: int, c1: int) -> dict:
+            ring = [(x0 + c * 10, y0 - r * 10) for r, c in ((r0, c0), (r0, c1), (r1, c1), (r1, c0))]
+            return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+
+        features = [
+            {"type": "Feature", "geometry": box(30, 90, 40, 100), "properties": {"class": "field"}},
+            {
+                "type": "Feature",
+                "geometry": box(100, 140, 10, 60),
+                "properties": {"class": "water"},
+            },
+        ]
+        (root / "labels").mkdir(parents=True)
+        (root / "labels" / "scene.geojson").write_text(
+            json.dumps({"type": "FeatureCollection", "features": features})
+        )
+    return root
+
+
+def bundle_for(root: Path, *extra: str):
+    cfg = Config.load(
+        None,
+        [
+            *FAST_SEG,
+            f"data.root={root}",
+            "data.tile_size=64",
+            "data.tiles_per_epoch=8",
+            "train.num_workers=0",
+            *extra,
+        ],
+    )
+    return build_data(cfg)
+
+
+def test_rasters_are_checked_from_headers_and_read_by_windows(tmp_path: Path, monkeypatch) -> None:
+    root = make_scene(tmp_path / "data")
+
+    def no_whole_reads(*args, **kwargs):
+        raise AssertionError("a raster was decoded whole")
+
+    monkeypatch.setattr("liandan.data.scan.read_image", no_whole_reads)
+    monkeypatch.setattr("liandan.data.scan.read_mask", no_whole_reads)
+    monkeypatch.setattr("liandan.data.datasets.read_image", no_whole_reads)
+    bundle = bundle_for(root, "data.max_nodata_fraction=0.3")
+    assert bundle.in_channels == 7 and bundle.checked.dtype == "uint16"
+    assert bundle.classes.names == ["0", "1", "2"]
+    train = bundle.train_loader.dataset
+    assert isinstance(train, RasterTiles) and len(train) == 8
+    for i in range(len(train)):
+        x, y = train[i]
+        assert x.shape == (7, 64, 64) and y.shape == (64, 64)
+        assert (y < 0).float().mean() <= 0.3  # mostly-nodata tiles were redrawn
+    # nodata (the 20-px collar) is ignored: the tile at the left edge has -1 there
+    val = bundle.val_loader.dataset
+    region, top, left = val.windows[0]
+    _, mask = val.read(region, top, left)
+    assert left == 0 and (mask[:, :20] == -1).all() and (mask[:, 20:] >= 0).all()
+    # statistics exclude nodata: band means are those of the valid pixels (>= 100)
+    assert min(bundle.normalizer.mean) > 100
+
+
+def test_spatial_split_holds_out_a_block_of_rows(tmp_path: Path) -> None:
+    bundle = bundle_for(make_scene(tmp_path / "data"), "data.val_fraction=0.3")
+    train_rows = {(r.top, r.bottom) for r in bundle.train_loader.dataset.regions}
+    val_rows = {(r.top, r.bottom) for r in bundle.val_loader.dataset.regions}
+    assert train_rows == {(0, 105)} and val_rows == {(105, 150)}
+    for _, top, _ in bundle.val_loader.dataset.windows:
+        assert top >= 105  # no validation tile reaches into training rows
+
+
+def test_label_raster_in_another_crs_is_an_error_naming_both_files(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "data", label="crs")
+    with pytest.raises(DataError) as info:
+        bundle_for(root)
+    text = info.value.render()
+    assert "masks/scene.tif" in text and "images/scene.tif" in text and "CRS" in text
+
+
+def test_geojson_polygons_are_rasterized_onto_the_image_grid(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "data", label="geojson")
+    bundle = bundle_for(root, "data.val_fraction=0.1")
+    assert bundle.classes.names == ["background", "field", "water"]
+    ds = bundle.train_loader.dataset
+    region = ds.regions[0]
+    _, mask = ds.read(region, 0, 0)  # tile rows 0-64, cols 0-64
+    assert (mask[30:64, 40:64] == 1).all() and (mask[:30, 20:] == 0).all()
+    assert (mask[:, :20] == -1).all()  # nodata collar
+    ignore = bundle_for(root, "data.unlabelled=ignore", "data.val_fraction=0.1")
+    assert ignore.classes.names == ["field", "water"]  # no background class needed
+    _, mask = ignore.train_loader.dataset.read(region, 0, 0)
+    assert (mask[:30, 20:] == -1).all() and (mask[30:64, 40:64] == 0).all()
+
+
+@pytest.mark.slow
+def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path) -> None:
+    from liandan.api import evaluate, train
+    from liandan.predict import predict
+
+    root = make_scene(tmp_path / "data")
+    result = train(
+        root,
+        overrides=[
+            *FAST_SEG,
+            "data.tile_size=64",
+            "data.tiles_per_epoch=4",
+            "train.epochs=1",
+            "train.num_workers=0",
+            "model.arch=segnet",
+        ],
+        out=tmp_path / "runs",
+    )
+    meta = json.loads((result.run_dir / "model" / "model.json").read_text())
+    assert meta["pixel_size"] == [10.0, 10.0] and meta["dtype"] == "uint16"
+    assert meta["in_channels"] == 7
+    support = {k: v["support"] for k, v in result.metrics["per_class"].items()}
+    assert support["2"] > 0 and support["1"] == 0  # validated on the held-out bottom rows only
+    again = evaluate(result.run_dir)  # on its own: the same held-out tile grid
+    assert again["confusion_matrix"] == result.metrics["confusion_matrix"]
+    out = predict(result.run_dir, [root / "images" / "scene.tif"], out=tmp_path / "maps")
+    with rasterio.open(out.files[0]) as pred:
+        assert pred.transform == TRANSFORM and (pred.read(1)[:, :20] == 255).all()
+
+
+def test_label_raster_on_a_coarser_grid_is_warped_when_asked(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "data")
+    truth = np.zeros((75, 65), np.uint8)  # 20 m pixels over the same extent
+    truth[15:45, 20:50] = 1
+    write(root / "masks" / "scene.tif", truth[None], transform=from_origin(500000, 4000000, 20, 20))
+    with pytest.raises(DataError, match="transform"):
+        bundle_for(root)
+    bundle = bundle_for(root, "data.align=warp", "data.val_fraction=0.1")
+    assert any("warped" in note for note in bundle.notes)
+    ds = bundle.train_loader.dataset
+    _, mask = ds.read(ds.regions[0], 0, 0)
+    assert (mask[30:64, 40:64] == 1).all() and (mask[:30, 20:] == 0).all()

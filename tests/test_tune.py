@@ -1,0 +1,62 @@
+"""`liandan tune`: trials are runs, a rerun continues the study, bad trials are pruned."""
+
+from __future__ import annotations
+
+import csv
+
+import optuna
+import pytest
+import yaml
+
+from conftest import FAST_CLS, make_imagefolder
+from liandan.cli import main
+from liandan.errors import ConfigError
+from liandan.tune import load_space, mask_url
+
+# steps_per_epoch=2, 2 epochs, lenet at 32 px, judged on validation loss
+TINY = [*FAST_CLS, "train.epochs=2", "train.steps_per_epoch=2", "train.monitor=val/loss"]
+
+
+def test_mask_url_hides_password():
+    url = "postgresql://alice:s3cr%21t@db.example.org:5432/studies"
+    assert mask_url(url) == "postgresql://alice:***@db.example.org:5432/studies"
+    assert mask_url("sqlite:///runs/tune-x/study.db") == "sqlite:///runs/tune-x/study.db"
+
+
+def test_space_yaml_is_checked(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("optim.lr: {low: 1.0e-4, high: 1.0e-1, log: true}\noptim.name: [adamw, sgd]\n")
+    assert set(load_space(path, "classify")) == {"optim.lr", "optim.name"}
+    path.write_text("optim.lrr: [0.1]\n")
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        load_space(path, "classify")
+    path.write_text("optim.lr: 0.1\n")
+    with pytest.raises(ConfigError, match="neither a list"):
+        load_space(path, "classify")
+
+
+@pytest.mark.slow
+def test_tune_runs_continues_and_prunes(tmp_path, capsys):
+    root = make_imagefolder(tmp_path / "cls", n_per_class=6)
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: [3.0e-3, 1.0e-9]\n")  # 1e-9: an absurd lr that learns nothing
+    folder = tmp_path / "runs" / "tune-t"
+    folder.mkdir(parents=True)
+    storage = f"sqlite:///{folder / 'study.db'}"
+    study = optuna.create_study(study_name="t", storage=storage, direction="minimize")
+    for lr in (3.0e-3, 3.0e-3, 1.0e-9):  # two good trials first, then a bad one
+        study.enqueue_trial({"optim.lr": lr})
+    base = ["tune", str(root), "--space", str(space), "--name", "t", *TINY]
+    assert main([*base, "--trials", "4", "--out", str(tmp_path / "runs")]) == 0
+    assert main([*base, "--trials", "2", "--out", str(tmp_path / "runs")]) == 0  # continues
+    with (folder / "trials.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["trial"]) for r in rows] == list(range(6))
+    assert sorted(p.name for p in folder.glob("trial-*")) == [f"trial-{i}" for i in range(6)]
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    assert pruned and all(int(r["epochs_reported"]) < 2 for r in pruned)
+    assert rows[2]["state"] == "pruned"  # the absurd lr, stopped after its first epoch
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["optim"]["lr"] == 3.0e-3
+    assert (folder / "optimization_history.png").is_file()
+    assert "best config" in capsys.readouterr().out
