@@ -126,6 +126,17 @@ def write_scene(path: Path, width: int, height: int, seed: int = 0) -> Path:
     return path
 
 
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def rss_mb(field: str = "VmRSS:") -> float:
     """Resident (VmRSS) or peak resident (VmHWM) memory of this process, MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -304,7 +315,7 @@ def report(rows: list, agree: dict[str, float], args: argparse.Namespace, monai:
     lines = [
         f"## Streaming raster prediction — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores "
         f"(torch threads {args.threads}), device {args.device}; load average at the end "
         f"{' / '.join(f'{v:.1f}' for v in os.getloadavg())} (shared machine: times are "
         f"indicative). torch {torch.__version__}, rasterio {rasterio.__version__}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import make_csv, make_voc
 from liandan.cli import main
 from liandan.config import Config
 from liandan.engine.checkpoint import (
@@ -23,9 +24,6 @@ from liandan.engine.checkpoint import (
     write_atomic,
 )
 from liandan.errors import CheckpointError, DataError
-
-from conftest import make_csv, make_voc
-
 
 N = 80_000  # floats: ~320 KB, 5 chunks of the writer
 
@@ -61,7 +59,9 @@ def _check(folder: Path) -> int:
     best = folder / "best.ckpt"
     if best.exists():  # never a missing or partial file behind the name
         state = load_checkpoint_file(best)
-        assert state["i"] % 3 == 0 and torch.equal(state["w"], torch.full_like(state["w"], state["i"]))
+        assert state["i"] % 3 == 0 and torch.equal(
+            state["w"], torch.full_like(state["w"], state["i"])
+        )
     return int(last["i"])
 
 
@@ -109,7 +109,11 @@ def test_atomic_write_keeps_previous_last(tmp_path):
     assert io.load_checkpoint(tmp_path / "last.ckpt")["i"] == 2
     io.save_checkpoint({"i": 3}, tmp_path / "best.ckpt")
     assert not (tmp_path / "best-prev.ckpt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last-prev.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.ckpt",
+        "last-prev.ckpt",
+        "last.ckpt",
+    ]
 
 
 class Evil:

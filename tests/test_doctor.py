@@ -67,7 +67,9 @@ def test_overfitting_train_falls_while_val_worsens():
     assert finding is not None and finding.kind == "overfitting"
     assert "augment" in finding.advice and "weight_decay" in finding.advice
     # a loss monitor worsens upwards
-    loss_rows = [dict(r, val_loss=v) for r, v in zip(history, [0.9, 0.8, 0.85, 0.9, 1.0])]
+    loss_rows = [
+        dict(r, val_loss=v) for r, v in zip(history, [0.9, 0.8, 0.85, 0.9, 1.0], strict=True)
+    ]
     assert check_overfitting(loss_rows, "val/loss", "min") is not None
 
 
@@ -92,7 +94,7 @@ def _trainer(epoch: int, max_epochs: int = 10) -> SimpleNamespace:
 def test_doctor_writes_console_history_and_doctor_json(tmp_path: Path, caplog):
     history = HistoryCallback(tmp_path / "history.csv")
     doctor = TrainingDoctor(tmp_path, history, "val/mean_iou", lr=0.1)
-    module = SimpleNamespace(last_val_metrics=None, class_names=["a", "b"])
+    module = SimpleNamespace(last_val_metrics=None, class_names=["a", "b"], parameters=list)
     losses = [1.0, 0.8, 0.9, 1.1, 1.4]
     with caplog.at_level(logging.WARNING, logger="liandan"):
         for epoch, loss in enumerate(losses, start=1):
@@ -116,3 +118,13 @@ def test_doctor_stops_on_nan_loss_and_nan_gradient(tmp_path: Path):
     with pytest.raises(TrainingStopped, match="gradient"):
         doctor.on_before_optimizer_step(_trainer(1), module, None)  # type: ignore[arg-type]
     assert "nan" in (tmp_path / "doctor.json").read_text()
+
+
+def test_doctor_stops_before_saving_non_finite_weights(tmp_path: Path):
+    history = HistoryCallback(tmp_path / "history.csv")
+    doctor = TrainingDoctor(tmp_path, history, "val/mean_iou", lr=1e-3)
+    module = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        module.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingStopped, match="weight became NaN"):
+        doctor.on_train_epoch_end(_trainer(2), module)  # type: ignore[arg-type]

@@ -258,3 +258,13 @@ def test_predict_writes_probabilities_polygons_and_cog(tmp_path: Path) -> None:
     assert area == pytest.approx(valid.sum())  # polygons cover exactly the valid pixels
     big = predict(run, [scene], out=tmp_path / "big", tile=32, vector="geojson", min_area=1e9)
     assert json.loads(big.files[-1].read_text())["features"] == []
+
+
+def test_a_truncated_raster_is_a_data_error_and_leaves_no_output(tmp_path: Path) -> None:
+    scene = write_raster(tmp_path / "scene.tif", np.ones((3, 200, 200), np.uint16))
+    data = scene.read_bytes()
+    scene.write_bytes(data[: len(data) // 2])
+    predictor = Predictor(ConvNet(3), meta(3), device="cpu", tile=32)
+    with pytest.raises(DataError, match="cannot read rows"):
+        stream_to(predictor, scene, tmp_path / "out.tif")
+    assert [p.name for p in tmp_path.iterdir()] == ["scene.tif"]

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import FAST_CLS, make_imagefolder
 from liandan import api
 from liandan.cli import main
 from liandan.engine.callbacks import HistoryCallback
 from liandan.engine.checkpoint import load_checkpoint_file
 from liandan.errors import CheckpointError, TrainingInterrupted, TrainingStopped
-
-from conftest import FAST_CLS, make_imagefolder
 
 # shuffling, flips, noise (augmentation generators), EMA, warmup + cosine schedule
 CFG = [
@@ -159,7 +158,9 @@ def test_nan_loss_at_step_k_stops_and_keeps_checkpoints(tmp_path, monkeypatch):
     for name in ("last.ckpt", "best.ckpt"):
         state = load_checkpoint_file(run / "checkpoints" / name)
         assert state["global_step"] == 2 and state["epoch"] == 0
-        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+        assert all(
+            torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+        )
     assert "nan" in (run / "doctor.json").read_text()
     assert "training loss is nan" in (run / "history.csv").read_text()
     code = main(["train", str(data), *overrides, "--out", str(out)])

@@ -245,8 +245,12 @@ def plan_from_fingerprint(
     put("schedule.name", "cosine", "cosine decay: no schedule knobs to tune")
     put("schedule.warmup_epochs", 1.0 if epochs >= 10 else 0.0, "one warmup epoch steadies "
         "AdamW's first steps")  # fmt: skip
-    put("train.patience", max(10, epochs // 5), "stop when the validation metric has not "
-        "improved for this many epochs")  # fmt: skip
+    if budget:
+        put("train.patience", None, "early stopping is set when the budget fixes the epochs "
+            "(a quarter of them)")  # fmt: skip
+    else:
+        put("train.patience", max(10, epochs // 5), "stop when the validation metric has not "
+            "improved for this many epochs")  # fmt: skip
     config = Config.from_dict(cfg, "plan")
     return Plan(config, why, fp, device)
 

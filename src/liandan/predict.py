@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS, read_image
-from liandan.data.transforms import Normalizer
+from liandan.data.transforms import Normalizer, eval_resize_crop
 from liandan.errors import DataError
 from liandan.runs import atomic_write_bytes, atomic_write_text, load_model
 
@@ -191,11 +190,9 @@ class Predictor:
     def predict_array(self, image: np.ndarray, path: Path | str = "input") -> np.ndarray:
         """Class probabilities for one raw image: ``(K, H, W)`` or ``(K,)``."""
         if self.task == "classify":
-            # resize the raw image first, then normalize: the order training used
-            size = self.image_size
-            raw = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-            if raw.ndim == 2:
-                raw = raw[:, :, None]
+            # resize (and centre-crop, with augment.eval_resize) the raw image first,
+            # then normalize: the order training's validation used
+            raw = eval_resize_crop(image, self.image_size, self.meta.get("eval_resize"))
             x = self.prepare(raw, path)
             return self._forward(x.transpose(2, 0, 1)[None])[0]
         return self._segment(self.prepare(image, path))
@@ -307,8 +304,15 @@ class Predictor:
                 from rasterio.windows import Window
 
                 window = Window(0, top, width, n)
-                raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
-                valid = src.dataset_mask(window=window) > 0  # nodata, mask band or alpha
+                try:
+                    raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
+                    valid = src.dataset_mask(window=window) > 0  # nodata, mask band or alpha
+                except Exception as exc:  # a truncated or corrupt file
+                    raise DataError(
+                        f"cannot read rows {top}-{top + n} ({type(exc).__name__}: {exc})",
+                        where=path,
+                        hint="the file is damaged: check it with gdalinfo -checksum",
+                    ) from None
                 x = self.normalizer(self._bands_like_training(raw))
                 x[~valid] = 0.0  # nodata -> the normalized mean, not e.g. -9999 scaled
                 return x, valid

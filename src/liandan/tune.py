@@ -32,7 +32,7 @@ from typing import Any, Literal
 import lightning as L
 
 from liandan.config import Config, apply_override, read_yaml
-from liandan.errors import ConfigError, TrainingStopped
+from liandan.errors import ConfigError, LiandanError, TrainingStopped
 from liandan.runs import atomic_write_text
 
 log = logging.getLogger("liandan")
@@ -42,7 +42,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "optim.weight_decay": {"low": 1.0e-6, "high": 1.0e-2, "log": True},
     "optim.name": ["adamw", "sgd"],
     "augment.hflip": [0.0, 0.5],
-    "schedule.name": ["cosine", "onecycle"],
+    "schedule.name": ["cosine", "poly"],
 }
 SEGMENT_SPACE = {"loss.name": ["ce+dice", "ce", "focal+dice"]}
 CLASSIFY_SPACE = {"loss.name": ["ce", "focal"], "loss.label_smoothing": [0.0, 0.1]}
@@ -229,7 +229,8 @@ def tune(
             raise optuna.TrialPruned(f"{monitor} was never defined in this trial")
         return min(finite) if direction == "minimize" else max(finite)
 
-    study.optimize(objective, n_trials=trials, catch=())
+    # a trial whose combination the config rejects fails alone; the study goes on
+    study.optimize(objective, n_trials=trials, catch=(LiandanError,))
     return _write_results(study, base, folder, name)
 
 

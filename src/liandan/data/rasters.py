@@ -294,8 +294,15 @@ class RasterTiles(Dataset):
         window = Window(left, top, w, h)
         src = self._src(s.image)
         indexes = self.bands or list(range(1, src.count + 1))
-        image = np.moveaxis(src.read(indexes, window=window), 0, -1)
-        valid = src.dataset_mask(window=window) > 0
+        try:
+            image = np.moveaxis(src.read(indexes, window=window), 0, -1)
+            valid = src.dataset_mask(window=window) > 0
+        except Exception as exc:  # a truncated or corrupt file
+            raise DataError(
+                f"cannot read the window at row {top}, column {left} ({exc})",
+                where=s.image,
+                hint="the file is damaged: check it with gdalinfo -checksum",
+            ) from None
         if s.target in self.polygons:
             mask = self._rasterize(s.target, src.window_transform(window), (h, w))
         else:

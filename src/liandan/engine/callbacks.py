@@ -95,7 +95,7 @@ class RandomStateCallback(L.Callback):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
+        np_state: Any = np.random.get_state()  # ('MT19937', keys, pos, has_gauss, gauss)
         state: dict[str, Any] = {
             "python": _python_state_to_list(random.getstate()),
             "numpy": {
@@ -220,7 +220,11 @@ class GracefulStop(L.Callback):
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested is not None and signum == signal.SIGINT:
             self._restore()
-            raise KeyboardInterrupt
+            # not KeyboardInterrupt: Lightning turns that into exit code 1
+            raise TrainingInterrupted(
+                "stopped at once (second Ctrl-C); checkpoints/last.ckpt is from the last "
+                f"completed epoch. Continue with: {resume_command(self.run_dir)}"
+            )
         self.requested = signum
         log.warning(
             "%s received: stopping after the current step (Ctrl-C again to stop at once)",

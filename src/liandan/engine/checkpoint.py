@@ -121,7 +121,9 @@ def clean_temporary(folder: Path) -> list[Path]:
     return removed
 
 
-def load_checkpoint_file(path: str | Path, *, unsafe: bool = False, map_location: Any = "cpu") -> Any:
+def load_checkpoint_file(
+    path: str | Path, *, unsafe: bool = False, map_location: Any = "cpu"
+) -> Any:
     """Load a checkpoint with ``weights_only=True``, or refuse it with a clear error.
 
     Args:

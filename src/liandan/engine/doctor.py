@@ -21,6 +21,7 @@ Findings go to the console (logging), to a ``doctor`` column of history.csv, and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -67,7 +68,7 @@ def _rising(values: list[float], n: int) -> bool:
     if len(values) < n + 1:
         return False
     tail = values[-(n + 1) :]
-    return all(b > a for a, b in zip(tail, tail[1:], strict=False))
+    return all(b > a for a, b in itertools.pairwise(tail))
 
 
 def check_divergence(rows: list[dict[str, Any]], lr: float, window: int = 3) -> Finding | None:
@@ -266,8 +267,14 @@ class TrainingDoctor(L.Callback):
 
     # ------------------------------------------------------------ per epoch
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # runs after HistoryCallback (registered before it) appended this epoch's row
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.history.rows:
+        # runs after HistoryCallback (registered before it) appended this epoch's row,
+        # and before the checkpoint callbacks: non-finite weights never reach best/last
+        if trainer.sanity_checking:
+            return
+        weights = [p.detach() for p in pl_module.parameters() if p.is_floating_point()]
+        if weights and not bool(torch.isfinite(torch.stack(torch._foreach_norm(weights))).all()):
+            self._stop(trainer, "a weight became NaN or infinite")
+        if not trainer.is_global_zero or not self.history.rows:
             return
         rows = self.history.rows
         metrics = getattr(pl_module, "last_val_metrics", None) or {}
