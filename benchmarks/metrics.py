@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -39,19 +38,10 @@ try:
 except ImportError:  # reported as "not available"
     torchmetrics = None
 
+from machine import cpu_model
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 IGNORE = 255
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:

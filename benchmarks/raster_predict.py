@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from machine import cpu_model
 from rasterio.transform import from_origin
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -124,17 +124,6 @@ def write_scene(path: Path, width: int, height: int, seed: int = 0) -> Path:
             noise = rng.integers(0, 40, block.shape, dtype=np.uint8)
             dst.write(block // 2 + noise, window=((top, top + n), (0, width)))
     return path
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rss_mb(field: str = "VmRSS:") -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from machine import cpu_model
 from torch.utils.data import DataLoader, TensorDataset
 
 from liandan.config import Config
@@ -111,14 +112,7 @@ def run_raw(cfg: Config, loader: DataLoader, classes: int) -> tuple[list[float],
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     return (
