@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from liandan.errors import DataError
@@ -163,6 +164,24 @@ def test_mask_band_marks_nodata_with_flip_tta(tmp_path: Path) -> None:
     stream_to(balanced_predictor(image, tile=32, tta=True), scene, tmp_path / "out.tif")
     with rasterio.open(tmp_path / "out.tif") as out:
         assert ((out.read(1) == 255) == (mask == 0)).all()
+
+
+def test_an_alpha_band_is_read_as_the_valid_mask_not_as_data(tmp_path: Path) -> None:
+    image = smooth_scene(np.random.default_rng(3), 3, 40, 50)
+    alpha = np.full((1, 40, 50), 65535, np.uint16)
+    alpha[0, :, :8] = 0  # a transparent collar
+    scene = write_raster(tmp_path / "rgba.tif", np.concatenate([image, alpha]))
+    with rasterio.open(scene, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    predictor = balanced_predictor(image, tile=32)  # trained on 3 bands
+    stream_to(predictor, scene, tmp_path / "out.tif")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        values = out.read(1)
+    assert (values[:, :8] == 255).all() and (values[:, 8:] != 255).all()
+    # a fourth band that is not alpha is still refused
+    plain = write_raster(tmp_path / "four.tif", np.concatenate([image, image[:1]]))
+    with pytest.raises(DataError, match="4 band"):
+        stream_to(balanced_predictor(image, tile=32), plain, tmp_path / "out2.tif")
 
 
 @pytest.mark.parametrize("height", [300, 1200])

@@ -331,8 +331,11 @@ class Predictor:
                 where=path,
                 hint="predict rasters with the bands the model was trained on",
             )
-        n = 3 if self.to_rgb and len(indexes) in (1, 3, 4) else len(indexes)
         expected = int(self.meta["in_channels"])
+        if self.bands is None and len(indexes) == expected + 1 and _is_alpha(src, indexes[-1]):
+            # an alpha band marks valid pixels (read through dataset_mask), it is not data
+            indexes = indexes[:-1]
+        n = 3 if self.to_rgb and len(indexes) in (1, 3, 4) else len(indexes)
         if n != expected:
             raise DataError(
                 f"the raster has {n} band(s) but the model was trained on {expected}",
@@ -537,3 +540,13 @@ def predict(
         write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
         written.append(out_dir / "predictions.csv")
     return PredictResult(out_dir, written, preds)
+
+
+def _is_alpha(src: Any, band: int) -> bool:
+    """Whether a band of an open rasterio dataset is an alpha (transparency) band."""
+    from rasterio.enums import ColorInterp
+
+    try:
+        return bool(src.colorinterp[band - 1] == ColorInterp.alpha)
+    except (IndexError, ValueError):
+        return False
