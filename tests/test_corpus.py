@@ -118,12 +118,7 @@ def test_palette_and_rgb_colour_masks_map_to_classes(make, tmp_path):
     assert corpus.digest(root) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented yet: an image that is nodata everywhere is not flagged by scan "
-    "or training (training runs on it); see docs/reliability.md",
-)
-def test_geotiff_all_nodata_is_named(tmp_path):
+def test_geotiff_all_nodata_is_named(tmp_path, capsys):
     from liandan.scan_report import scan
 
     root, path = corpus.geotiff_all_nodata(tmp_path / "data")
@@ -131,3 +126,9 @@ def test_geotiff_all_nodata_is_named(tmp_path):
     report = scan(root, use_cache=False, progress=False)
     assert corpus.digest(root) == before
     assert path.name in str(report.to_dict()["problems"])
+    # training names it too (exit 1, no run folder), and the file is left as it was
+    runs = tmp_path / "runs"
+    assert main(["train", str(root), "train.epochs=1", "--out", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert path.name in err and "nodata" in err
+    assert corpus.digest(root) == before and not (runs / "train").exists()

@@ -117,6 +117,9 @@ def check_records(
     good = [s for s in index.samples if _usable(s, records)]
     for s in good:
         img = records[s.image]
+        if img.get("nodata") is not None and img.get("nodata_pixels") == img["h"] * img["w"]:
+            reason = f"every pixel is nodata (value {img['nodata']}): nothing to learn"
+            problems.append(Problem("all-nodata", str(s.image), reason, blocking=True))
         if min(img["h"], img["w"]) < MIN_SIDE:
             reason = f"{img['w']}x{img['h']} px: below {MIN_SIDE} px on a side"
             problems.append(Problem("too-small", str(s.image), reason))

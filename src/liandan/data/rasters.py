@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
-from liandan.data.readers import RASTER_EXTS
+from liandan.data.readers import RASTER_EXTS, raster_all_nodata
 from liandan.data.scan import CheckedDataset, MaskMapper
 from liandan.errors import DataError
 
@@ -157,6 +157,8 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
                 problems.append(f"{s.image}: bands {indexes} requested, the file has {img.count}")
             counts.add(len(indexes))
             dtypes.add(img.dtypes[0])
+            if raster_all_nodata(s.image):
+                problems.append(f"{s.image}: every pixel is nodata: nothing to learn")
             assert isinstance(s.target, Path)
             if s.target.suffix.lower() in VECTOR_EXTS:
                 polygons[s.target] = read_polygons(s.target, cfg.data.label_attribute)

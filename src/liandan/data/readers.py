@@ -197,3 +197,25 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
             return height, width, bands
     except Exception as exc:
         raise DataError(f"cannot read image header ({exc})", where=path) from None
+
+
+def raster_all_nodata(path: str | Path) -> bool:
+    """Whether a raster has no valid pixel (nodata value, mask band or alpha everywhere).
+
+    Reads the validity mask block by block and stops at the first valid pixel, so a
+    normal raster costs one block and memory never exceeds one block.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            if src.nodata is None and all(
+                f == [rasterio.enums.MaskFlags.all_valid] for f in src.mask_flag_enums
+            ):
+                return False
+            for _, window in src.block_windows(1):
+                if src.dataset_mask(window=window).any():
+                    return False
+    return True

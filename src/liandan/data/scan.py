@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
-from liandan.data.readers import read_image, read_mask
+from liandan.data.readers import RASTER_EXTS, raster_all_nodata, read_image, read_mask
 from liandan.errors import DataError
 
 CACHE_BYTES = 2 * 1024**3  # decoded datasets below this stay in memory
@@ -167,6 +167,9 @@ def check_dataset(
             images[sample.image] = read_image(sample.image, bands)
         except DataError as exc:
             problems.append((sample, exc.render()))
+            continue
+        if sample.image.suffix.lower() in RASTER_EXTS and raster_all_nodata(sample.image):
+            problems.append((sample, f"{sample.image}: every pixel is nodata: nothing to learn"))
             continue
         if isinstance(sample.target, Path):
             try:
