@@ -23,9 +23,17 @@ def write(path: Path, arr: np.ndarray, *, crs="EPSG:32633", transform=TRANSFORM,
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = arr.shape
     with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count,
-        dtype=arr.dtype.name, crs=crs, transform=transform, nodata=nodata,
-    ) as dst:  # fmt: skip
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=arr.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
         dst.write(arr)
     return path
 
@@ -140,6 +148,29 @@ def test_geojson_polygons_are_rasterized_onto_the_image_grid(tmp_path: Path) -> 
     assert ignore.classes.names == ["field", "water"]  # no background class needed
     _, mask = ignore.train_loader.dataset.read(region, 0, 0)
     assert (mask[:30, 20:] == -1).all() and (mask[30:64, 40:64] == 0).all()
+
+
+@pytest.mark.parametrize("driver,ext", [("GPKG", ".gpkg"), ("ESRI Shapefile", ".shp")])
+def test_geopackage_and_shapefile_labels_read_like_geojson(
+    tmp_path: Path, driver: str, ext: str
+) -> None:
+    import fiona
+
+    root = make_scene(tmp_path / "data", label="geojson")
+    source = root / "labels" / "scene.geojson"
+    features = json.loads(source.read_text())["features"]
+    schema = {"geometry": "Polygon", "properties": {"class": "str"}}
+    with fiona.open(
+        root / "labels" / f"scene{ext}", "w", driver=driver, schema=schema, crs="EPSG:32633"
+    ) as dst:
+        for f in features:
+            dst.write({"geometry": f["geometry"], "properties": f["properties"]})
+    source.unlink()
+    bundle = bundle_for(root, "data.val_fraction=0.1")
+    assert bundle.classes.names == ["background", "field", "water"]
+    ds = bundle.train_loader.dataset
+    _, mask = ds.read(ds.regions[0], 0, 0)
+    assert (mask[30:64, 40:64] == 1).all() and (mask[:30, 20:] == 0).all()
 
 
 @pytest.mark.slow
