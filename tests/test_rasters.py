@@ -150,6 +150,21 @@ def test_geojson_polygons_are_rasterized_onto_the_image_grid(tmp_path: Path) -> 
     assert (mask[:30, 20:] == -1).all() and (mask[30:64, 40:64] == 0).all()
 
 
+def test_balanced_sampler_draws_tiles_with_the_rare_class_more_often(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "data", height=260, width=260)  # class 2 is the rarest
+
+    def share(sampler: str) -> float:
+        bundle = bundle_for(root, f"data.sampler={sampler}", "data.tile_size=32")
+        ds = bundle.train_loader.dataset
+        rng = np.random.default_rng(0)
+        draws = [ds._random_window(rng)[1] for _ in range(150)]
+        return float(np.mean([(m == 2).any() for m in draws]))
+
+    random_share, balanced_share = share("random"), share("balanced")
+    print(f"tiles holding the rare class: random {random_share:.2f}, balanced {balanced_share:.2f}")
+    assert balanced_share > random_share + 0.1, (random_share, balanced_share)
+
+
 @pytest.mark.parametrize("driver,ext", [("GPKG", ".gpkg"), ("ESRI Shapefile", ".shp")])
 def test_geopackage_and_shapefile_labels_read_like_geojson(
     tmp_path: Path, driver: str, ext: str

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 VECTOR_EXTS = {".geojson", ".json", ".gpkg", ".shp"}
 STATS_WINDOWS = 16  # windows per raster sampled for the band statistics
 MAX_REDRAWS = 20  # attempts to find a training tile with enough valid pixels
+RARE_FLOOR = 0.25  # data.sampler=balanced: tiles of common classes kept at least this often
 
 
 def _open(path: Path) -> Any:
@@ -258,6 +259,8 @@ class RasterTiles(Dataset):
         self.augment = augment
         self.train = train
         self.length = cfg.data.tiles_per_epoch
+        self.balanced = train and cfg.data.sampler == "balanced"
+        self._rarity: np.ndarray | None = None  # per class, 1 for the rarest
         self.mapper = MaskMapper(self.classes)
         self._handles: dict[Path, Any] = {}
         self.windows = [] if train else self._grid()
@@ -348,6 +351,19 @@ class RasterTiles(Dataset):
             return np.full(shape, fill, np.int16)
         return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="int16")
 
+    def rarity(self) -> np.ndarray:
+        """Inverse pixel frequency of each class in the training labels, max 1 (rarest)."""
+        if self._rarity is None:
+            n = self.classes.num_classes
+            counts = np.zeros(n, np.float64)
+            for path in {r.sample.target for r in self.regions}:
+                assert isinstance(path, Path)
+                mask = self.load_mask(path)
+                counts += np.bincount(mask[mask >= 0].ravel(), minlength=n)[:n]
+            inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
+            self._rarity = inverse / max(float(inverse.max()), 1e-12)
+        return self._rarity
+
     def _random_window(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(MAX_REDRAWS):
             region = self.regions[rng.choice(len(self.regions), p=self.weights)]
@@ -356,7 +372,16 @@ class RasterTiles(Dataset):
             )
             left = int(rng.integers(0, max(1, region.width - self.tile + 1)))
             image, mask = self.read(region, top, left)
-            if (mask < 0).mean() <= self.max_nodata:
+            if (mask < 0).mean() > self.max_nodata:
+                continue
+            if not self.balanced:
+                break
+            # data.sampler: balanced keeps a tile with the probability of its rarest class
+            # (1 for tiles holding the rarest class), never below RARE_FLOOR: tiles with
+            # rare classes are drawn up to 1/RARE_FLOOR times as often as the others.
+            present = np.unique(mask[mask >= 0])
+            keep = max(float(self.rarity()[present].max()) if present.size else 0.0, RARE_FLOOR)
+            if rng.random() < keep:
                 break
         return image, mask
 
