@@ -166,6 +166,18 @@ def test_mask_band_marks_nodata_with_flip_tta(tmp_path: Path) -> None:
         assert ((out.read(1) == 255) == (mask == 0)).all()
 
 
+def test_the_training_nodata_value_is_nodata_in_prediction_too(tmp_path: Path) -> None:
+    image = smooth_scene(np.random.default_rng(4), 3, 40, 50)
+    image[:, :, :6] = 0  # an undeclared collar of zeros
+    scene = write_raster(tmp_path / "scene.tif", image)  # no nodata tag
+    predictor = balanced_predictor(image, tile=32)
+    predictor.meta["nodata"] = 0  # as model.json records data.nodata=0
+    stream_to(predictor, scene, tmp_path / "out.tif")
+    with rasterio.open(tmp_path / "out.tif") as out:
+        values = out.read(1)
+    assert (values[:, :6] == 255).all() and (values[:, 6:] != 255).all()
+
+
 def test_an_alpha_band_is_read_as_the_valid_mask_not_as_data(tmp_path: Path) -> None:
     image = smooth_scene(np.random.default_rng(3), 3, 40, 50)
     alpha = np.full((1, 40, 50), 65535, np.uint16)

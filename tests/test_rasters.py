@@ -150,6 +150,19 @@ def test_geojson_polygons_are_rasterized_onto_the_image_grid(tmp_path: Path) -> 
     assert (mask[:30, 20:] == -1).all() and (mask[30:64, 40:64] == 0).all()
 
 
+def test_data_nodata_marks_a_value_the_file_does_not_declare(tmp_path: Path) -> None:
+    root = make_scene(tmp_path / "data")
+    scene = root / "images" / "scene.tif"
+    with rasterio.open(scene, "r+") as dst:
+        dst.nodata = None  # the collar of zeros is now undeclared
+    ds = bundle_for(root, "data.val_fraction=0.1").train_loader.dataset
+    _, mask = ds.read(ds.regions[0], 0, 0)
+    assert (mask[:, :20] >= 0).all()  # without data.nodata the collar is data
+    ds = bundle_for(root, "data.val_fraction=0.1", "data.nodata=0").train_loader.dataset
+    _, mask = ds.read(ds.regions[0], 0, 0)
+    assert (mask[:, :20] == -1).all() and (mask[:, 20:] >= 0).all()
+
+
 def test_balanced_sampler_draws_tiles_with_the_rare_class_more_often(tmp_path: Path) -> None:
     root = make_scene(tmp_path / "data", height=260, width=260)  # class 2 is the rarest
 

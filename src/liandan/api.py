@@ -82,6 +82,7 @@ def model_meta(cfg: Config, bundle: DataBundle) -> dict[str, Any]:
         "dtype": bundle.checked.dtype,
         "to_rgb": bundle.checked.to_rgb,
         "pixel_size": pixel_size([s.image for s in bundle.splits["train"]]),
+        "nodata": cfg.data.nodata,
         "normalization": bundle.normalizer.to_dict(),
         "image_size": cfg.data.image_size,
         "eval_resize": cfg.augment.eval_resize,  # classify: resize x this, centre-crop

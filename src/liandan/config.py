@@ -38,6 +38,7 @@ class DataConfig(Section):
     tile_size: int = Field(512, ge=16)  # large rasters are trained on tiles of this size
     max_image_size: int = Field(2048, ge=64)  # larger images are tiled, not resized
     tiles_per_epoch: int = Field(256, ge=1)  # random training tiles per epoch (rasters)
+    nodata: float | None = None  # rasters: a nodata value the files do not declare
     max_nodata_fraction: float = Field(0.5, ge=0.0, le=1.0)  # rasters: skip tiles with more
     split: Literal["auto", "files", "spatial"] = "auto"  # rasters: auto = spatial without val/
     label_attribute: str = "class"  # polygon labels: attribute holding class name or value

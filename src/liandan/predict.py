@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS, read_image
+from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS, read_image, valid_mask
 from liandan.data.transforms import Normalizer, eval_resize_crop
 from liandan.errors import DataError
 from liandan.runs import atomic_write_bytes, atomic_write_text, load_model
@@ -306,7 +306,8 @@ class Predictor:
                 window = Window(0, top, width, n)
                 try:
                     raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
-                    valid = src.dataset_mask(window=window) > 0  # nodata, mask band or alpha
+                    # the file's nodata, mask band or alpha, plus data.nodata of training
+                    valid = valid_mask(src, window, self.meta.get("nodata"))
                 except Exception as exc:  # a truncated or corrupt file
                     raise DataError(
                         f"cannot read rows {top}-{top + n} ({type(exc).__name__}: {exc})",
@@ -369,7 +370,7 @@ class Predictor:
         """Predict one file in memory (see :func:`predict` for rasters of any size)."""
         path = Path(path)
         if path.suffix.lower() in RASTER_EXTS and self.task == "segment":
-            image, valid = _read_raster_with_mask(path, self.bands)
+            image, valid = _read_raster_with_mask(path, self.bands, self.meta.get("nodata"))
             x = self.prepare(image, path)
             x[~valid] = 0.0
             probs = self._segment(x, valid)
@@ -398,12 +399,14 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _read_raster_with_mask(path: Path, bands: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_raster_with_mask(
+    path: Path, bands: list[int] | None, nodata: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     from liandan.predict_outputs import open_raster
 
     image = read_image(path, bands)
     with open_raster(path) as src:
-        valid = src.dataset_mask() > 0  # nodata value, mask band or alpha
+        valid = valid_mask(src, None, nodata)  # nodata value, mask band or alpha
     return image, valid
 
 

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
-from liandan.data.readers import RASTER_EXTS, raster_all_nodata
+from liandan.data.readers import RASTER_EXTS, raster_all_nodata, valid_mask
 from liandan.data.scan import CheckedDataset, MaskMapper
 from liandan.errors import DataError
 
@@ -158,7 +158,7 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
                 problems.append(f"{s.image}: bands {indexes} requested, the file has {img.count}")
             counts.add(len(indexes))
             dtypes.add(img.dtypes[0])
-            if raster_all_nodata(s.image):
+            if raster_all_nodata(s.image, cfg.data.nodata):
                 problems.append(f"{s.image}: every pixel is nodata: nothing to learn")
             assert isinstance(s.target, Path)
             if s.target.suffix.lower() in VECTOR_EXTS:
@@ -253,6 +253,7 @@ class RasterTiles(Dataset):
         self.bands = cfg.data.bands
         self.tile = cfg.data.tile_size
         self.max_nodata = cfg.data.max_nodata_fraction
+        self.nodata = cfg.data.nodata
         self.unlabelled = cfg.data.unlabelled
         self.warp = cfg.data.align == "warp"
         self.normalizer = normalizer
@@ -301,7 +302,7 @@ class RasterTiles(Dataset):
         indexes = self.bands or list(range(1, src.count + 1))
         try:
             image = np.moveaxis(src.read(indexes, window=window), 0, -1)
-            valid = src.dataset_mask(window=window) > 0
+            valid = valid_mask(src, window, self.nodata)
         except Exception as exc:  # a truncated or corrupt file
             raise DataError(
                 f"cannot read the window at row {top}, column {left} ({exc})",
@@ -467,7 +468,7 @@ def fit_raster_normalizer(regions: list[Region], ds: RasterTiles, cfg: Config, s
 
             src = ds._src(region.sample.image)
             window = Window(left, top, image.shape[1], image.shape[0])
-            valid = src.dataset_mask(window=window) > 0
+            valid = valid_mask(src, window, ds.nodata)
             if valid.any():
                 pixels.append(image[valid][:, None, :])
     if not pixels:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -199,7 +200,7 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
         raise DataError(f"cannot read image header ({exc})", where=path) from None
 
 
-def raster_all_nodata(path: str | Path) -> bool:
+def raster_all_nodata(path: str | Path, nodata: float | None = None) -> bool:
     """Whether a raster has no valid pixel (nodata value, mask band or alpha everywhere).
 
     Reads the validity mask block by block and stops at the first valid pixel, so a
@@ -211,11 +212,25 @@ def raster_all_nodata(path: str | Path) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
-            if src.nodata is None and all(
+            if nodata is None and all(
                 f == [rasterio.enums.MaskFlags.all_valid] for f in src.mask_flag_enums
             ):
                 return False
             for _, window in src.block_windows(1):
-                if src.dataset_mask(window=window).any():
+                if valid_mask(src, window, nodata).any():
                     return False
     return True
+
+
+def valid_mask(src: Any, window: Any = None, nodata: float | None = None) -> np.ndarray:
+    """``(H, W)`` bool: pixels with data in an open rasterio dataset (or one window).
+
+    The file's own nodata value, mask band or alpha band decide; ``nodata`` (from
+    ``data.nodata``) adds a value the file does not declare: a pixel whose every band
+    holds it has no data.
+    """
+    valid = src.dataset_mask(window=window) > 0
+    if nodata is not None:
+        bands = src.read(window=window)
+        valid &= ~np.all(bands == np.asarray(nodata, dtype=bands.dtype), axis=0)
+    return valid
