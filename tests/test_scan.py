@@ -147,3 +147,43 @@ def test_cli_scan_json_and_exit_code(tmp_path, capsys):
     assert main(["scan", str(root), "--json"]) == 1
     problems = json.loads(capsys.readouterr().out)["problems"]
     assert [(Path(p["file"]).name, p["kind"]) for p in problems] == [("broken.png", "unreadable")]
+
+
+def test_large_rasters_are_scanned_by_row_bands_with_the_same_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raster above STREAM_PIXELS is never read whole, and its summary matches."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import liandan.scan_report as sr
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 4000, (3, 70, 50)).astype(np.uint16)
+    image[:, :, :5] = 0  # a nodata collar
+    labels = rng.integers(0, 3, (1, 70, 50)).astype(np.uint8)
+    profile = dict(
+        driver="GTiff", width=50, height=70, crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)
+    )
+    img_path, lab_path = tmp_path / "scene.tif", tmp_path / "labels.tif"
+    with rasterio.open(img_path, "w", count=3, dtype="uint16", nodata=0, **profile) as dst:
+        dst.write(image)
+    with rasterio.open(lab_path, "w", count=1, dtype="uint8", **profile) as dst:
+        dst.write(labels)
+    whole, whole_mask = sr.inspect_image(img_path), sr.inspect_mask(lab_path)
+    monkeypatch.setattr(sr, "STREAM_PIXELS", 100)
+    monkeypatch.setattr(sr, "CHUNK_VALUES", 3 * 50 * 8)  # 8 rows a band
+    monkeypatch.setattr(sr, "SAMPLE_PIXELS", 10**9)  # keep every pixel: exact quantiles
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a large raster was read whole")
+
+    monkeypatch.setattr(sr, "read_image", refuse)
+    monkeypatch.setattr(sr, "read_mask", refuse)
+    streamed, streamed_mask = sr.inspect_image(img_path), sr.inspect_mask(lab_path)
+    for key in ("h", "w", "c", "dtype", "hash", "nodata", "nodata_pixels"):
+        assert streamed[key] == whole[key], key
+    assert np.allclose(streamed["mean"], whole["mean"])
+    assert np.allclose(streamed["var"], whole["var"])
+    assert np.allclose(streamed["q"], whole["q"])
+    assert streamed_mask["values"] == whole_mask["values"]

@@ -130,6 +130,8 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
     if path.suffix.lower() not in RASTER_EXTS and h * w > MAX_PIXELS:
         reason = f"{w}x{h} = {h * w / 1e6:.0f} Mpx: decompression-bomb sized, not decoded"
         return {**rec, "error": "bomb", "reason": reason}
+    if path.suffix.lower() in RASTER_EXTS and h * w > STREAM_PIXELS:
+        return _inspect_raster_by_rows(path, rec, nodata)
     try:
         img = read_image(path)
     except DataError as exc:
@@ -153,9 +155,100 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
     return rec
 
 
+STREAM_PIXELS = 4096 * 4096  # larger rasters are scanned by row bands, never whole
+CHUNK_VALUES = 16 * 1024 * 1024  # values per row band (bounded memory)
+SAMPLE_PIXELS = 1_000_000  # pixels kept for the percentiles of a streamed raster
+
+
+def _inspect_raster_by_rows(
+    path: Path, rec: dict[str, Any], nodata: float | None
+) -> dict[str, Any]:
+    """The same summary as ``inspect_image`` in one pass of row bands (bounded memory).
+
+    Mean, variance, the pixel hash and the nodata count are exact; percentiles come
+    from an evenly strided sample of at most SAMPLE_PIXELS pixels.
+    """
+    from rasterio.windows import Window
+
+    from liandan.predict_outputs import open_raster
+
+    tag, rec["geo"] = _raster_header(path)
+    nodata = nodata if nodata is not None else tag
+    try:
+        with open_raster(path) as src:
+            h, w, c = src.height, src.width, src.count
+            rows = max(1, CHUNK_VALUES // max(1, w * c))
+            stride = max(1, (h * w) // SAMPLE_PIXELS)
+            digest = hashlib.sha1()
+            total = np.zeros(c)
+            squares = np.zeros(c)
+            empty = 0
+            sample = []
+            for top in range(0, h, rows):
+                n = min(rows, h - top)
+                chunk = np.moveaxis(src.read(window=Window(0, top, w, n)), 0, -1)
+                digest.update(np.ascontiguousarray(chunk).tobytes())  # HWC order, as whole
+                flat = chunk.reshape(-1, c).astype(np.float64)
+                total += flat.sum(0)
+                squares += (flat**2).sum(0)
+                if nodata is not None:
+                    empty += int((flat == nodata).all(1).sum())
+                sample.append(flat[(-(top * w)) % stride :: stride])
+            dtype = str(src.dtypes[0])
+    except Exception as exc:
+        return {**rec, "error": "unreadable", "reason": f"cannot read ({exc})"}
+    digest.update(str((h, w, c)).encode())
+    count = float(h * w)
+    mean = total / count
+    pixels = np.concatenate(sample)
+    rec.update(
+        h=h,
+        w=w,
+        c=c,
+        dtype=dtype,
+        hash=digest.hexdigest(),
+        mean=mean.tolist(),
+        var=np.maximum(squares / count - mean**2, 0.0).tolist(),
+        q=np.percentile(pixels, LEVELS, axis=0).T.tolist(),
+        nodata=nodata,
+        nodata_pixels=empty,
+    )
+    return rec
+
+
+def _inspect_label_raster_by_rows(
+    path: Path, rec: dict[str, Any], h: int, w: int
+) -> dict[str, Any]:
+    """Value counts of a single-band label raster, one row band at a time."""
+    from rasterio.windows import Window
+
+    from liandan.predict_outputs import open_raster
+
+    counts: dict[int, int] = {}
+    try:
+        with open_raster(path) as src:
+            rows = max(1, CHUNK_VALUES // max(1, w))
+            for top in range(0, h, rows):
+                band = src.read(1, window=Window(0, top, w, min(rows, h - top)))
+                values, n = np.unique(band, return_counts=True)
+                for v, k in zip(values.tolist(), n.tolist(), strict=True):
+                    counts[int(v)] = counts.get(int(v), 0) + int(k)
+    except Exception as exc:
+        return {**rec, "error": "unreadable", "reason": f"cannot read ({exc})"}
+    rec.update(h=h, w=w, color=False, values={str(v): n for v, n in sorted(counts.items())})
+    return rec
+
+
 def inspect_mask(path: Path) -> dict[str, Any]:
     """Summary of one mask: shape and the count of each raw value (or colour)."""
     rec: dict[str, Any] = {"stamp": _stamp(path)}
+    if path.suffix.lower() in RASTER_EXTS and rec["stamp"][0] > 0:
+        try:
+            h, w, c = image_shape(path)
+        except DataError as exc:
+            return {**rec, "error": "unreadable", "reason": exc.message}
+        if h * w > STREAM_PIXELS and c == 1:
+            return _inspect_label_raster_by_rows(path, rec, h, w)
     try:
         mask = read_mask(path)
     except DataError as exc:
