@@ -67,6 +67,13 @@ def _export_onnx(
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     out_axes = axes if example.ndim == 4 and dynamic else {0: "batch"}
     tmp = path.with_name(f".{path.name}.tmp")
+    common: dict[str, Any] = {
+        "model": model,
+        "args": (example,),
+        "f": str(tmp),
+        "input_names": [INPUT_NAME],
+        "output_names": [OUTPUT_NAME],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -75,11 +82,7 @@ def _export_onnx(
             # longer (U-Net/MobileNetV2: 6 s against 70 s on 2 busy cores), so it is the
             # fallback for operators the first cannot express.
             torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                **common,
                 dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
                 opset_version=opset,
                 dynamo=False,
@@ -93,11 +96,7 @@ def _export_onnx(
             if dynamic:
                 dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})  # type: ignore[dict-item]
             torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                **common,
                 dynamic_shapes=(dims,),
                 opset_version=max(opset, 18),
                 dynamo=True,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS, read_image, valid_mask
+from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS, band_indexes, read_image, valid_mask
 from liandan.data.transforms import Normalizer, eval_resize_crop
 from liandan.errors import DataError
 from liandan.runs import atomic_write_bytes, atomic_write_text, load_model
@@ -324,14 +324,12 @@ class Predictor:
 
     def check_raster(self, src: Any, path: Path) -> list[int]:
         """Band indexes to read; refuse bands or dtypes unlike training, warn on pixel size."""
-        indexes = list(self.bands or range(1, src.count + 1))
-        bad = [b for b in indexes if not 1 <= b <= src.count]
-        if bad:
-            raise DataError(
-                f"band(s) {bad} used in training but the raster has {src.count}",
-                where=path,
-                hint="predict rasters with the bands the model was trained on",
-            )
+        indexes = band_indexes(
+            self.bands,
+            src.count,
+            path,
+            hint="predict rasters with the bands the model was trained on",
+        )
         expected = int(self.meta["in_channels"])
         if self.bands is None and len(indexes) == expected + 1 and _is_alpha(src, indexes[-1]):
             # an alpha band marks valid pixels (read through dataset_mask), it is not data

@@ -53,6 +53,20 @@ def _pil_array(img: Image.Image) -> np.ndarray:
     return np.array(img)
 
 
+def band_indexes(
+    bands: list[int] | None,
+    count: int,
+    path: Path | str,
+    hint: str = "data.bands holds 1-based band indices, as in GDAL",
+) -> list[int]:
+    """The 1-based band indexes to read (all when ``bands`` is None), checked."""
+    indexes = list(bands or range(1, count + 1))
+    bad = [b for b in indexes if not 1 <= b <= count]
+    if bad:
+        raise DataError(f"band(s) {bad} requested but the file has {count}", where=path, hint=hint)
+    return indexes
+
+
 def _open_pil(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
@@ -80,15 +94,7 @@ def _read_raster(path: Path, bands: list[int] | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                indexes = bands or list(range(1, src.count + 1))
-                bad = [b for b in indexes if not 1 <= b <= src.count]
-                if bad:
-                    raise DataError(
-                        f"band(s) {bad} requested but the file has {src.count}",
-                        where=path,
-                        hint="data.bands holds 1-based band indices, as in GDAL",
-                    )
-                arr = src.read(indexes)  # (C, H, W)
+                arr = src.read(band_indexes(bands, src.count, path))  # (C, H, W)
     except DataError:
         raise
     except Exception as exc:
@@ -124,13 +130,7 @@ def read_image(path: str | Path, bands: list[int] | None = None) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if bands:
-        bad = [b for b in bands if not 1 <= b <= arr.shape[2]]
-        if bad:
-            raise DataError(
-                f"band(s) {bad} requested but the image has {arr.shape[2]}",
-                where=path,
-                hint="data.bands holds 1-based band indices, as in GDAL",
-            )
+        band_indexes(bands, arr.shape[2], path)
         arr = arr[:, :, [b - 1 for b in bands]]
     return arr
 
