@@ -111,6 +111,36 @@ def make_voc(root: Path, n: int = 6, seed: int = 0) -> Path:
     return root
 
 
+def write_geotiff(
+    path: Path,
+    arr: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32633",
+    transform=None,
+    nodata: float | None = None,
+) -> Path:
+    """Write ``(C, H, W)`` as a GeoTIFF (10 m pixels at a UTM origin unless told)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count, height, width = arr.shape
+    transform = transform if transform is not None else from_origin(500000, 4000000, 10.0, 10.0)
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=arr.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(arr)
+    return path
+
+
 # A config that trains in seconds on a CPU: tiny models, few steps, no progress bar.
 FAST = [
     "train.epochs=2",

@@ -14,6 +14,7 @@ import torch
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
+from conftest import write_geotiff
 from liandan.errors import DataError
 from liandan.predict import FLUSH_ROWS, Predictor, predict
 from liandan.predict_outputs import RasterWriter, open_raster
@@ -23,29 +24,10 @@ TRANSFORM = from_origin(500000, 4000000, 10.0, 10.0)
 
 
 def write_raster(
-    path: Path,
-    arr: np.ndarray,
-    *,
-    nodata: float | None = None,
-    crs: str | None = "EPSG:32633",
-    transform=TRANSFORM,
-) -> Path:
+    path: Path, arr: np.ndarray, *, nodata=None, crs="EPSG:32633", transform=TRANSFORM
+):
     """Write ``(C, H, W)`` as a GeoTIFF."""
-    count, height, width = arr.shape
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=count,
-        dtype=arr.dtype.name,
-        crs=crs,
-        transform=transform,
-        nodata=nodata,
-    ) as dst:
-        dst.write(arr)
-    return path
+    return write_geotiff(path, arr, crs=crs, transform=transform, nodata=nodata)
 
 
 def smooth_scene(rng: np.random.Generator, bands: int, height: int, width: int) -> np.ndarray:

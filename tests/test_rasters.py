@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from conftest import FAST_SEG
+from conftest import FAST_SEG, write_geotiff
 from liandan.config import Config
 from liandan.data.datamodule import build_data
 from liandan.data.rasters import RasterTiles
@@ -20,22 +20,7 @@ TRANSFORM = from_origin(500000, 4000000, 10.0, 10.0)
 
 
 def write(path: Path, arr: np.ndarray, *, crs="EPSG:32633", transform=TRANSFORM, nodata=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count, height, width = arr.shape
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=count,
-        dtype=arr.dtype.name,
-        crs=crs,
-        transform=transform,
-        nodata=nodata,
-    ) as dst:
-        dst.write(arr)
-    return path
+    return write_geotiff(path, arr, crs=crs, transform=transform, nodata=nodata)
 
 
 def make_scene(root: Path, *, height: int = 150, width: int = 130, label: str = "raster") -> Path:
