@@ -35,10 +35,11 @@ def _number(value: Any) -> float | None:
 class HistoryCallback(L.Callback):
     """Writes ``history.csv``: epoch, step, time_s, lr per group, losses, val metrics."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, log_epochs: bool = False) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = []
         self.start = time.perf_counter()
+        self.log_epochs = log_epochs  # one line per epoch where no progress bar is drawn
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
@@ -62,6 +63,24 @@ class HistoryCallback(L.Callback):
                 row["val_" + key[4:]] = _number(value)
         self.rows.append(row)
         self.write()
+        if self.log_epochs:
+            shown = [
+                f"{k} {v:.4g}"
+                for k, v in row.items()
+                if k in ("train_loss", "val_loss")
+                or (
+                    k.startswith("val_")
+                    and v is not None
+                    and k in ("val_mean_iou", "val_macro_f1", "val_accuracy")
+                )
+            ]
+            log.info(
+                "epoch %d/%d (%.0f s): %s",
+                row["epoch"],
+                trainer.max_epochs or 0,
+                row["time_s"],
+                ", ".join(s for s in shown if "None" not in s),
+            )
 
     def write(self) -> None:
         fields: list[str] = []

@@ -9,6 +9,7 @@ and the random states an exact resume needs.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -61,7 +62,10 @@ def build_trainer(
         enable_version_counter=False,
         save_on_train_epoch_end=True,  # after validation and the epoch's history row
     )
-    history = HistoryCallback(run_dir / "history.csv")
+    # A progress bar on a terminal; in logs (CI, files) one line per epoch instead of
+    # thousands of carriage-return updates.
+    bar = cfg.train.progress and sys.stderr.isatty()
+    history = HistoryCallback(run_dir / "history.csv", log_epochs=cfg.train.progress and not bar)
     precision = resolve_precision(cfg)
     doctor = TrainingDoctor(
         run_dir,
@@ -79,7 +83,7 @@ def build_trainer(
         from liandan.engine.finetune import FreezeEncoder
 
         callbacks.append(FreezeEncoder(cfg.train.freeze_epochs))
-    if cfg.train.progress:
+    if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     if cfg.train.patience:
         callbacks.append(
@@ -98,7 +102,7 @@ def build_trainer(
         num_sanity_val_steps=0,
         limit_train_batches=cfg.train.steps_per_epoch,
         log_every_n_steps=1,
-        enable_progress_bar=cfg.train.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         # seeded and reproducible on CPU; "warn" lets ops without a deterministic kernel
         # (e.g. max-unpooling in SegNet) run instead of stopping the run
