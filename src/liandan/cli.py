@@ -33,6 +33,11 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 OutOpt = Annotated[Path, typer.Option("--out", help="parent folder of runs")]
+DataArgs = Annotated[
+    list[str] | None,
+    typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]..."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")]
 
 
 def _show_metrics(metrics: dict[str, Any], title: str) -> None:
@@ -78,11 +83,8 @@ def demo(
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    args: Annotated[
-        list[str] | None,
-        typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]..."),
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
+    args: DataArgs = None,
+    config: ConfigOpt = None,
     out: OutOpt = Path("runs"),
     name: Annotated[str, typer.Option(help="run name (suffixed when it exists)")] = "train",
     init_from: Annotated[
@@ -127,11 +129,8 @@ def train(
 
 @app.command("lr-find")
 def lr_find(
-    args: Annotated[
-        list[str] | None,
-        typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]..."),
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
+    args: DataArgs = None,
+    config: ConfigOpt = None,
     out: OutOpt = Path("runs"),
     name: Annotated[str, typer.Option(help="folder name (suffixed when it exists)")] = "lr-find",
     steps: Annotated[int, typer.Option(min=2, help="most training steps")] = 100,
