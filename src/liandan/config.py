@@ -142,6 +142,10 @@ class TrainConfig(Section):
     patience: int | None = Field(None, ge=1)  # early stopping on the monitor
     budget: str | None = None  # e.g. "10m": fit the schedule to a wall-clock budget
     devices: int | Literal["auto"] = "auto"
+    num_nodes: int = Field(1, ge=1)  # machines taking part (torchrun / SLURM launch)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"  # auto: ddp on several devices
+    sync_batchnorm: bool | Literal["auto"] = "auto"  # auto: on under DDP when batch < 16
+    compile: bool = False  # torch.compile the model (GPU; slower first steps)
     accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     num_workers: int | Literal["auto"] = "auto"
