@@ -94,3 +94,36 @@ def test_cli_plan_and_train_with_plan(tmp_path, capsys):
     assert saved["model"]["arch"] == "lenet"  # the plan's choice
     assert saved["train"]["epochs"] == 2 and saved["optim"]["lr"] == 1e-3  # user's overrides
     assert "set by you" in (run / "plan.md").read_text()
+
+
+def _scenes(root, upright: bool, n: int = 12, size: int = 48):
+    """RGB PNG scenes: "sky" above "ground" (upright) or the two in random quadrants."""
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        if upright:  # horizon somewhere in the middle third, sky (1) above it
+            mask[: int(rng.integers(size // 3, 2 * size // 3))] = 1
+        else:  # a random half of the image is class 1, in any orientation
+            half = int(rng.integers(4))
+            mask[[slice(None, size // 2), slice(size // 2, None)][half % 2]] = 1
+            mask = np.rot90(mask, half // 2).copy()
+        img = (mask[..., None] * 120 + rng.integers(0, 60, (size, size, 3))).astype(np.uint8)
+        save(img, root / "images" / f"s{i:02d}.png")
+        save(mask, root / "masks" / f"s{i:02d}.png")
+    return root
+
+
+def test_upright_scenes_are_not_flipped_vertically(tmp_path):
+    p = plan(_scenes(tmp_path / "street", upright=True), device="cpu")
+    fp_shift = p.fingerprint.layout_shift
+    assert fp_shift["vertical"] > 0.5 > fp_shift["horizontal"]  # sky on top, never below
+    assert p.config.augment.hflip == 0.5
+    assert p.config.augment.vflip == 0.0 and p.config.augment.rotate90 == 0.0
+    assert "upright" in p.reasons["augment.vflip"]
+
+
+def test_scenes_without_an_up_direction_are_rotated(tmp_path):
+    p = plan(_scenes(tmp_path / "texture", upright=False), device="cpu")
+    assert p.fingerprint.layout_shift["vertical"] <= 0.1
+    assert p.config.augment.vflip == p.config.augment.rotate90 == 0.5
+    assert "no up direction" in p.reasons["augment.rotate90"]

@@ -27,6 +27,7 @@ from liandan.data.fingerprint import Fingerprint
 CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
 GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
 MAX_EPOCHS = 300  # upper bound when a time budget decides the length
+UPRIGHT_SHIFT = 0.1  # class-mix distance top vs bottom above which scenes are upright
 # Training memory per input pixel and sample, in float32 values (activations + gradients),
 # rough figures measured with torch.cuda.max_memory_allocated at 256 px; x2 safety margin.
 FLOATS_PER_PIXEL = {"lenet": 40, "resnet18": 250, "resnet34": 350, "resnet50": 700}
@@ -207,16 +208,27 @@ def plan_from_fingerprint(
         put("loss.class_weighting", "median", "median frequency: gentler than inverse counts")
 
     # augmentation: rotations only where orientation carries no meaning
+    shift = fp.layout_shift
     if overhead:
         reason = "overhead imagery (georeferenced, multi-band, 16-bit or square TIFF tiles): "
         for key in ("augment.hflip", "augment.vflip", "augment.rotate90"):
             put(key, 0.5, reason + "any orientation is valid")
+    elif seg and shift.get("vertical", 1.0) <= UPRIGHT_SHIFT:
+        reason = (f"no up direction: the masks' top and bottom thirds hold the same class mix "
+                  f"(distance {shift['vertical']:.2f} <= {UPRIGHT_SHIFT}), so flipped and "
+                  "rotated images keep valid labels")  # fmt: skip
+        for key in ("augment.hflip", "augment.vflip", "augment.rotate90"):
+            put(key, 0.5, reason)
     elif not seg and size <= 64 and bands == 1:
         put("augment.hflip", 0.0, "small single-band images (glyphs, digits): mirroring "
             "can change the class")  # fmt: skip
     else:
-        put("augment.hflip", 0.5, "upright photos: mirrored left-right is still valid")
-        put("augment.vflip", 0.0, "upright photos: upside-down is not")
+        upright = "upright photos"
+        if "vertical" in shift:
+            upright += (f" (the masks' top and bottom thirds differ in class mix by "
+                        f"{shift['vertical']:.2f} > {UPRIGHT_SHIFT})")  # fmt: skip
+        put("augment.hflip", 0.5, f"{upright}: mirrored left-right is still valid")
+        put("augment.vflip", 0.0, f"{upright}: upside-down is not")
     if dtype == "uint8" and bands == 3:
         put("augment.brightness_contrast", 0.3, "RGB photos vary in exposure")
     if side >= 1.5 * size:

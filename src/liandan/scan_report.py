@@ -36,7 +36,7 @@ from liandan.data.layouts import find_samples, read_classes_yaml
 from liandan.data.readers import RASTER_EXTS, image_shape, is_image_file, read_image, read_mask
 from liandan.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: mask records hold value counts per border third
 MAX_PIXELS = 179_000_000  # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 # files a dataset folder may hold besides images
 KNOWN_FILES = {"classes.yaml", "labels.csv", "readme.md", "readme.txt", "license", "license.txt"}
@@ -255,15 +255,26 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         kind = "empty-file" if rec["stamp"][0] == 0 else "unreadable"
         return {**rec, "error": kind, "reason": exc.message}
     rec.update(h=int(mask.shape[0]), w=int(mask.shape[1]), color=mask.ndim == 3)
+    rec["values"] = _value_counts(mask)
+    # where each value sits: the fingerprint compares top with bottom and left with
+    # right to tell upright scenes (sky above road) from overhead or texture images
+    h3, w3 = max(1, mask.shape[0] // 3), max(1, mask.shape[1] // 3)
+    rec["thirds"] = {
+        "top": _value_counts(mask[:h3]),
+        "bottom": _value_counts(mask[-h3:]),
+        "left": _value_counts(mask[:, :w3]),
+        "right": _value_counts(mask[:, -w3:]),
+    }
+    return rec
+
+
+def _value_counts(mask: np.ndarray) -> dict[str, int]:
+    """Count of each raw value (``"v"``) or colour (``"r,g,b"``) of a mask array."""
     if mask.ndim == 3:
         values, counts = np.unique(mask.reshape(-1, 3), axis=0, return_counts=True)
-        rec["values"] = {
-            ",".join(str(int(x)) for x in v): int(n) for v, n in zip(values, counts, strict=True)
-        }
-    else:
-        values, counts = np.unique(mask, return_counts=True)
-        rec["values"] = {str(int(v)): int(n) for v, n in zip(values.tolist(), counts, strict=True)}
-    return rec
+        return {",".join(str(int(x)) for x in v): int(n) for v, n in zip(values, counts, strict=True)}
+    values, counts = np.unique(mask, return_counts=True)
+    return {str(int(v)): int(n) for v, n in zip(values.tolist(), counts, strict=True)}
 
 
 # ------------------------------------------------------------------ scan

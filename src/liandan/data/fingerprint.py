@@ -66,6 +66,9 @@ class Fingerprint:
     georeferenced: bool = False
     extensions: list[str] = field(default_factory=list)
     ignore_index: int | None = None
+    # segment: total-variation distance between the class mix of the top and bottom
+    # thirds (vertical) and of the left and right thirds (horizontal): 0 = same mix
+    layout_shift: dict[str, float] = field(default_factory=dict)
 
 
 def classes_for(index: DatasetIndex, masks: dict[Path, dict[str, Any]]) -> tuple[ClassSpec, str]:
@@ -287,6 +290,7 @@ def build_fingerprint(
                 if code >= 0 and n:
                     pixels[code] += n
                     images[code] += 1
+        fp.layout_shift = _layout_shift(spec, list(masks.values()))
         fp.class_pixels = dict(zip(fp.classes, pixels.tolist(), strict=True))
         fp.class_images = dict(zip(fp.classes, images.tolist(), strict=True))
         freq = pixels.tolist()
@@ -294,3 +298,35 @@ def build_fingerprint(
     if positive:
         fp.imbalance_ratio = round(max(positive) / min(positive), 3)
     return fp
+
+
+def _layout_shift(spec: ClassSpec, recs: list[dict[str, Any]]) -> dict[str, float]:
+    """How much the class mix differs between opposite thirds of the masks (pooled).
+
+    Upright scenes have an up direction (sky above, road below): their top and bottom
+    thirds hold different classes. Overhead and texture images look the same from any
+    side, so both distances stay near the sampling noise.
+    """
+    pooled = {side: np.zeros(spec.num_classes, np.float64) for side in THIRDS}
+    for rec in recs:
+        thirds = rec.get("thirds")
+        if not thirds:  # streamed label rasters: not recorded
+            continue
+        for side in THIRDS:
+            for code, n in class_codes(spec, {**rec, "values": thirds[side]}).items():
+                if code >= 0:
+                    pooled[side][code] += n
+
+    def distance(a: np.ndarray, b: np.ndarray) -> float | None:
+        if a.sum() == 0 or b.sum() == 0:
+            return None
+        return round(0.5 * float(np.abs(a / a.sum() - b / b.sum()).sum()), 4)
+
+    out = {
+        "vertical": distance(pooled["top"], pooled["bottom"]),
+        "horizontal": distance(pooled["left"], pooled["right"]),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+THIRDS = ("top", "bottom", "left", "right")
