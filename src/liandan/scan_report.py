@@ -272,7 +272,9 @@ def _value_counts(mask: np.ndarray) -> dict[str, int]:
     """Count of each raw value (``"v"``) or colour (``"r,g,b"``) of a mask array."""
     if mask.ndim == 3:
         values, counts = np.unique(mask.reshape(-1, 3), axis=0, return_counts=True)
-        return {",".join(str(int(x)) for x in v): int(n) for v, n in zip(values, counts, strict=True)}
+        return {
+            ",".join(str(int(x)) for x in v): int(n) for v, n in zip(values, counts, strict=True)
+        }
     values, counts = np.unique(mask, return_counts=True)
     return {str(int(v)): int(n) for v, n in zip(values.tolist(), counts, strict=True)}
 
