@@ -27,6 +27,7 @@ def test_tiny_rgb_photos(tmp_path):
     assert cfg.model.arch == "lenet" and cfg.data.image_size == 32
     assert cfg.data.normalize == "dataset" and cfg.augment.hflip == 0.5
     assert cfg.augment.rotate90 == 0.0 and cfg.loss.class_weights == "none"
+    assert isinstance(cfg.train.batch_size, int)  # CPU plans keep the estimate
     for key in ("task", "data.image_size", "data.normalize", "model.arch", "loss.name",
                 "augment.hflip", "train.batch_size", "optim.lr", "train.epochs"):  # fmt: skip
         assert len(p.reasons[key]) > 10, key
@@ -55,6 +56,8 @@ def test_16bit_multiband_overhead(tmp_path):
     assert cfg.augment.vflip == cfg.augment.rotate90 == 0.5
     assert "overhead" in p.reasons["augment.rotate90"]
     assert cfg.loss.name == "ce+dice" and cfg.data.image_size == 64  # 48 px up to /32
+    # on a GPU the batch is probed when training starts; the estimate stays in the reason
+    assert cfg.train.batch_size == "auto" and "suggests" in p.reasons["train.batch_size"]
 
 
 def test_imbalanced_masks_weight_rare_classes():
@@ -80,20 +83,28 @@ def test_imbalanced_masks_weight_rare_classes():
 
 
 @pytest.mark.slow
-def test_cli_plan_and_train_with_plan(tmp_path, capsys):
+def test_cli_plan_and_train_plans_by_default(tmp_path, capsys):
     root = make_imagefolder(tmp_path / "cls", n_per_class=6)
     assert main(["plan", str(root), "-o", str(tmp_path / "p" / "plan.yaml")]) == 0
     assert (tmp_path / "p" / "plan.md").is_file()
     fast = [o for o in FAST_CLS if not o.startswith("model.")] + ["optim.lr=1e-3"]
     fast += ["train.steps_per_epoch=1"]
-    args = ["train", str(root), "--plan", "--out", str(tmp_path / "runs"), *fast]
+    # `liandan train DATA` with no --config plans first (no --plan needed)
+    args = ["train", str(root), "--out", str(tmp_path / "runs"), *fast]
     assert main(args) == 0
     run = tmp_path / "runs" / "train"
     assert (run / "plan.md").is_file() and (run / "plan.yaml").is_file()
+    assert "plan.md" in capsys.readouterr().out  # the run says where the reasons are
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["arch"] == "lenet"  # the plan's choice
+    assert saved["train"]["patience"] is not None  # ... early stopping, which defaults lack
     assert saved["train"]["epochs"] == 2 and saved["optim"]["lr"] == 1e-3  # user's overrides
     assert "set by you" in (run / "plan.md").read_text()
+    # --no-plan: the built-in defaults, no plan files
+    assert main([*args, "--no-plan", "--name", "plain"]) == 0
+    plain = tmp_path / "runs" / "plain"
+    assert not (plain / "plan.md").exists()
+    assert yaml.safe_load((plain / "config.yaml").read_text())["train"]["patience"] is None
 
 
 def _scenes(root, upright: bool, n: int = 12, size: int = 48):

@@ -98,8 +98,13 @@ def train(
         bool, typer.Option("--unsafe-load", help="allow pickled checkpoints (trusted files only)")
     ] = False,
     plan: Annotated[
-        bool, typer.Option("--plan", help="start from `liandan plan`'s config for DATA")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--plan/--no-plan",
+            help="start from `liandan plan`'s config for DATA (the default without --config "
+            "or --init-from); --no-plan: the built-in defaults",
+        ),
+    ] = None,
     budget: Annotated[
         str | None, typer.Option(help="wall-clock budget, e.g. 10m: epochs fitted to it")
     ] = None,
@@ -118,9 +123,13 @@ def train(
             overrides.append("train.unsafe_load=true")
         if budget is not None:
             overrides.append(f"train.budget={budget}")
+        if plan is None:  # `liandan train DATA`: the dataset's plan, then your overrides
+            plan = config is None and init_from is None
         result = run_train(
             data, config, overrides, out=out, name=name, init_from=init_from, plan=plan
         )
+    if not result.metrics:  # a DDP process other than rank 0: rank 0 reports
+        return
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
     _show_metrics(result.metrics, f"validation metrics of [bold]{result.run_dir}[/bold]")

@@ -239,8 +239,12 @@ def plan_from_fingerprint(
     per_sample = per_pixel * size * size * 4 * 2
     batch = _pow2_floor(min(memory / per_sample, 64 if gpu else (16 if seg else 64)))
     batch = max(2, min(batch, _pow2_floor(max(2, n_train // 8))))
-    put("train.batch_size", batch, f"~{per_sample / 2**20:.1f} MB per sample at {size} px "
-        f"(x2 margin) in {memory / 2**30:.0f} GB, at least 8 steps per epoch")  # fmt: skip
+    estimate = (f"~{per_sample / 2**20:.1f} MB per sample at {size} px (x2 margin) in "
+                f"{memory / 2**30:.0f} GB suggests {batch}, at least 8 steps per epoch")  # fmt: skip
+    if gpu:  # the GPU measures it when training starts: the largest batch that fits
+        put("train.batch_size", "auto", f"probed on the GPU when training starts; {estimate}")
+    else:
+        put("train.batch_size", batch, estimate)
     put("optim.name", "adamw", "AdamW: robust to the learning rate across architectures")
     put("optim.lr", "auto", "measured by the lr range test when training starts")
 
@@ -292,12 +296,11 @@ def plan(
     )
     errors = [p for p in report.problems if p.severity == "error"]
     if errors:
+        # never skipped on the user's behalf: training stops on them and names each file
         result.notes.append(
             f"scan found {len(errors)} problem(s) that stop training: run `liandan scan` "
-            "and fix them, or set data.on_error=skip"
+            "and fix them, or set data.on_error=skip to leave those files out"
         )
-        result.config.data.on_error = "skip"
-        result.reasons["data.on_error"] = f"{len(errors)} bad file(s) left out (listed in the run)"
     result.notes += report.notes
     return result
 
