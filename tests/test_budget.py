@@ -30,6 +30,8 @@ def test_callback_stops_before_overrunning(tmp_path):
 
 class _Trainer:
     sanity_checking = False
+    current_epoch = 0
+    world_size = 1
     should_stop = False
 
 
@@ -40,13 +42,13 @@ def test_callback_records_time_and_stop(tmp_path):
     trainer = _Trainer()
     cb.on_train_start(trainer, None)  # type: ignore[arg-type]
     cb.on_train_epoch_start(trainer, None)  # type: ignore[arg-type]
-    cb.epoch_times = [0.6]
+    cb.epoch_times = [5.0, 0.6]  # the first epoch's one-off costs do not count
     cb.start -= 0.5  # half a second used: a 0.6 s epoch no longer fits
     cb.on_validation_end(trainer, None)  # type: ignore[arg-type]
     assert trainer.should_stop and cb.stopped
     cb.on_fit_end(trainer, None)  # type: ignore[arg-type]
     info = json.loads(path.read_text())
-    assert info["budget_s"] == 1.0 and info["stopped_by_budget"] and info["epochs_run"] == 2
+    assert info["budget_s"] == 1.0 and info["stopped_by_budget"] and info["epochs_run"] == 3
 
 
 @pytest.mark.slow
@@ -60,3 +62,61 @@ def test_train_with_budget_records_it(tmp_path: Path):
     assert info["epochs_run"] == 3 and info["within_budget"] and info["actual_s"] < 120
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 3 and saved["train"]["patience"] == 3
+
+
+@pytest.mark.parametrize(
+    ("budget", "steps"),
+    [("100s", 0), ("10m", 60)],  # 10% of the budget at a (faked) 1 s per step
+)
+def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch, budget, steps):
+    import liandan.engine.budget as budget_module
+
+    probes = []
+
+    def probe(*args, **kwargs):
+        probes.append(1)
+        return {"step_s": 1.0, "val_batch_s": 0.1}
+
+    monkeypatch.setattr(budget_module, "time_probe", probe)
+    root = make_imagefolder(tmp_path / "cls", n_per_class=6)
+    overrides = [*FAST_CLS, "train.epochs=1", "optim.lr=auto", f"train.budget={budget}"]
+    result = train(root, overrides=overrides, out=tmp_path / "runs")
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert len(probes) == 1  # one timing serves the lr cap and the epoch fit
+    if steps == 0:  # 10 affordable steps are too few to find a valley: AdamW's usual rate
+        assert saved["optim"]["lr"] == 1e-3
+        assert not (result.run_dir / "lr_find.json").exists()
+        assert any("too short for the lr range test" in n for n in result.notes)
+    else:
+        rows = (result.run_dir / "lr_find.csv").read_text().strip().splitlines()
+        assert 1 < len(rows) - 1 <= steps  # the curve stops at the cap (or on divergence)
+        assert (
+            saved["optim"]["lr"]
+            == json.loads((result.run_dir / "lr_find.json").read_text())["suggestion"]
+        )
+
+
+@pytest.mark.slow
+def test_run_length_refitted_from_the_first_epoch(tmp_path, monkeypatch):
+    import liandan.engine.budget as budget_module
+
+    # a probe far too pessimistic plans a single epoch; the first real epoch is fast,
+    # so the run is re-fitted to the 6 epochs the config allows, schedule included
+    slow = {"step_s": 60.0, "val_batch_s": 0.1}
+    monkeypatch.setattr(budget_module, "time_probe", lambda *a, **k: slow)
+    root = make_imagefolder(tmp_path / "cls", n_per_class=6)
+    overrides = [*FAST_CLS, "train.epochs=6", "train.budget=2m", "schedule.warmup_epochs=0"]
+    overrides += ["train.patience=50"]  # your patience is kept (no early stop here)
+    result = train(root, overrides=overrides, out=tmp_path / "runs")
+    info = json.loads((result.run_dir / "budget.json").read_text())
+    assert info["epochs_planned"] == 1 and info["refits"] == [[1, 6]]
+    assert info["epochs_run"] == 6 and info["within_budget"]
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 6  # a resume rebuilds the re-fitted schedule
+    lrs = [
+        float(r.split(",")[3])
+        for r in (result.run_dir / "history.csv").read_text().splitlines()[1:]
+    ]
+    # the 1-epoch cosine had decayed by the end of epoch 1; re-fitted to 6 epochs, it is
+    # high again in epoch 2 and reaches its floor only at the end
+    assert lrs[1] > 0.5 * 1e-3 and lrs[-1] < 0.05 * 1e-3

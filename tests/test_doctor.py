@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from liandan.engine.callbacks import HistoryCallback
 from liandan.engine.doctor import (
@@ -17,6 +21,7 @@ from liandan.engine.doctor import (
     check_never_predicted,
     check_overfitting,
     check_plateau,
+    check_skipped_steps,
 )
 from liandan.errors import TrainingStopped
 
@@ -128,3 +133,113 @@ def test_doctor_stops_before_saving_non_finite_weights(tmp_path: Path):
         module.weight[0, 0] = float("nan")
     with pytest.raises(TrainingStopped, match="weight became NaN"):
         doctor.on_train_epoch_end(_trainer(2), module)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------- report and history
+def test_history_keeps_the_doctor_column_last(tmp_path: Path):
+    history = HistoryCallback(tmp_path / "history.csv")
+    doctor = TrainingDoctor(tmp_path, history, "val/mean_iou", lr=0.1)
+    module = SimpleNamespace(last_val_metrics=None, class_names=["a", "b"], parameters=list)
+    for epoch, loss in enumerate([1.0, 0.8, 0.9, 1.1, 1.4, 1.2], start=1):
+        row = {"epoch": epoch, "train_loss": loss, "val_mean_iou": 0.5}
+        if epoch >= 5:  # a column that appears after the finding's row
+            row["val_kappa"] = 0.1
+        history.rows.append(row)
+        history.write()  # as HistoryCallback does for each epoch, before the doctor runs
+        doctor.on_train_epoch_end(_trainer(epoch), module)  # type: ignore[arg-type]
+    with (tmp_path / "history.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[-1] == "doctor" and "val_kappa" in rows[0]
+    assert [r["doctor"].split(":")[0] for r in rows] == ["", "", "", "", "divergence", ""]
+
+
+def test_report_lists_the_doctors_findings(tmp_path: Path):
+    from liandan.report.build import _doctor_section
+
+    empty = _doctor_section(tmp_path)  # no doctor.json: nothing was found
+    assert empty.id == "doctor" and "found nothing" in empty.body and "<table>" not in empty.body
+    history = HistoryCallback(tmp_path / "history.csv")
+    doctor = TrainingDoctor(tmp_path, history, "val/mean_iou", lr=0.1)
+    module = SimpleNamespace(last_val_metrics=None, class_names=["a", "b"], parameters=list)
+    for epoch, loss in enumerate([1.0, 0.8, 0.9, 1.1, 1.4], start=1):
+        history.rows.append({"epoch": epoch, "train_loss": loss})
+        doctor.on_train_epoch_end(_trainer(epoch), module)  # type: ignore[arg-type]
+    body = _doctor_section(tmp_path).body
+    finding = doctor.findings[0]
+    assert "<th>epoch</th><th>finding</th><th>message</th><th>suggestion</th>" in body
+    assert "<td>5</td><td>divergence</td>" in body
+    assert html.escape(finding.message) in body and html.escape(finding.advice) in body
+
+
+# ------------------------------------------------------------ fp16: skipped steps
+class InjectInf(L.Callback):
+    """Makes one gradient infinite after the backward pass of the given steps."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+        self.lrs: list[float] = []  # the lr after each batch (after the scheduler)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step in self.steps:
+            next(p for p in pl_module.parameters() if p.grad is not None).grad[0] = float("inf")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_fp16_skipped_step_does_not_advance_the_schedule(tmp_path: Path, caplog):
+    """The real fp16 path: autocast to float16 and a GradScaler, on the CPU.
+
+    Lightning turns ``precision="16-mixed"`` into bf16 on a CPU (no scaler), so the test
+    hands the Trainer the same MixedPrecision plugin a GPU gets, with a CPU scaler.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from conftest import FAST_CLS
+    from liandan.config import Config
+    from liandan.engine.task import LiandanTask
+    from liandan.optim import lr_at
+
+    cfg = Config.load(
+        None, [*FAST_CLS, "task=classify", "optim.lr=0.01", "schedule.warmup_epochs=0"]
+    )
+    cfg.train.epochs = 1
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(24, 3, 32, 32, generator=generator), torch.arange(24) % 2)
+    loader = DataLoader(data, batch_size=4)  # 6 steps
+    task = LiandanTask(cfg, ["a", "b"], 3)
+    history = HistoryCallback(tmp_path / "history.csv")
+    doctor = TrainingDoctor(tmp_path, history, "val/macro_f1", 0.01, check_gradients=False)
+    inject = InjectInf({2})
+    # a modest initial scale: no overflow of its own, so step 2 is the only skip
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        callbacks=[history, doctor, inject],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with caplog.at_level(logging.INFO, logger="liandan"):
+        trainer.fit(task, loader)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scaler.get_scale() == 2.0**7  # the scaler saw the inf once and backed off
+    assert scheduler.last_epoch == 5  # 6 batches, 1 skipped
+    # the schedule advanced on every step but the skipped one (batch 3 keeps batch 2's lr)
+    expected = [
+        lr_at(cfg.schedule, 0.01, k, epochs=1, steps_per_epoch=6) for k in (1, 2, 2, 3, 4, 5)
+    ]
+    assert inject.lrs == pytest.approx(expected)
+    assert "skipped 1 of 6 steps" in caplog.text
+    assert not doctor.findings  # one skip is normal, not a finding
+
+
+def test_most_steps_skipped_is_a_finding():
+    finding = check_skipped_steps(5, 6, epoch=2, lr=1e-3)
+    assert finding is not None and finding.kind == "amp_skipped" and "5 of 6" in finding.message
+    assert "bf16-mixed" in finding.advice
+    assert check_skipped_steps(3, 6, epoch=2, lr=1e-3) is None

@@ -22,7 +22,16 @@ from liandan.cli import main
 
 CLASSES_YAML = "names: [ground, red, green]\ncolors: [[40, 40, 40], [250, 0, 0], [0, 250, 0]]\n"
 COMMON = ["data.on_error=fail", "train.seed=0"]
-SEG_SECTIONS = ["data", "config", "environment", "curves", "metrics", "confusion", "gallery"]
+SEG_SECTIONS = [
+    "data",
+    "config",
+    "environment",
+    "curves",
+    "doctor",
+    "metrics",
+    "confusion",
+    "gallery",
+]
 CLS_SECTIONS = [*SEG_SECTIONS[:-1], "pr-roc", "top-losses"]
 
 
@@ -98,6 +107,16 @@ def test_segmentation_report(seg_run: Path) -> None:
     assert metrics["image_iou"]["count"] == 3
     assert metrics["worst_images"][0]["iou"] == pytest.approx(ious[0], abs=1e-3)
     assert metrics["overall"]["image_iou_min"] == pytest.approx(ious[0], abs=1e-3)
+    # the training doctor's section lists doctor.json, or says it found nothing
+    doctor = page.split('<section id="doctor">')[1].split("</section>")[0]
+    findings = []
+    if (seg_run / "doctor.json").is_file():
+        findings = json.loads((seg_run / "doctor.json").read_text())["findings"]
+    assert doctor.count("<tr>") == (len(findings) + 1 if findings else 0)
+    for finding in findings:
+        assert f"<td>{finding['kind']}</td>" in doctor
+    if not findings:
+        assert "found nothing" in doctor
 
 
 @pytest.mark.slow

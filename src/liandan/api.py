@@ -134,6 +134,18 @@ def train(
     >>> result.metrics["overall"]["mean_iou"]  # doctest: +SKIP
     0.81
     """
+    from liandan.engine.trainer import (
+        follower_config,
+        is_first_process,
+        release_run_dir,
+        shared_run_dir,
+    )
+
+    started = time.time()
+    if not is_first_process():  # DDP rank > 0: rank 0's run folder and resolved config
+        run_dir = shared_run_dir(out, name, started, lambda: create_run_dir(out, name))
+        cfg = follower_config(run_dir)
+        return train_into(cfg, build_data(cfg), run_dir)
     planned = None
     if plan:  # rules from the dataset fingerprint; the config file and overrides win
         from liandan.plan import planned_config
@@ -147,10 +159,17 @@ def train(
         # absolute, so `train --config runs/NAME/config.yaml` works from any folder
         cfg.data.root = Path(data).resolve()
     bundle = build_data(cfg)  # fails on bad data before a run folder is made
-    run_dir = create_run_dir(out, name)
+    # one folder per launch: announced to the other DDP processes (docs/scale.md)
+    run_dir = shared_run_dir(out, name, started, lambda: create_run_dir(out, name))
     if planned is not None:
         planned.write(run_dir / "plan.yaml")
-    return train_into(cfg, bundle, run_dir)
+    try:
+        result = train_into(cfg, bundle, run_dir)
+    finally:
+        release_run_dir(out, name)
+    if planned is not None:  # say where the decisions are explained
+        result.notes[:0] = [*planned.notes, f"config planned from the data: {run_dir / 'plan.md'}"]
+    return result
 
 
 def resume(run: str | Path, *, unsafe_load: bool = False) -> RunResult:
@@ -182,31 +201,41 @@ def train_into(
     callbacks: list[L.Callback] | None = None,
 ) -> RunResult:
     """Train into an existing run folder (used by ``train``, ``resume`` and ``demo``)."""
+    from liandan.engine.batch_size import fit_retrying_oom
     from liandan.engine.checkpoint import load_checkpoint_file
     from liandan.engine.task import LiandanTask
-    from liandan.engine.trainer import build_trainer
+    from liandan.engine.trainer import build_trainer, is_first_process, resolve_distributed
 
+    lead = is_first_process()  # DDP ranks > 0 train, but write nothing in the run folder
     start = time.perf_counter()
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     resolve_auto(cfg, bundle)
+    probe = None  # step timing: measured once for the lr range test's cap and the budget
     if cfg.optim.lr == "auto":  # the lr range test, written resolved into config.yaml
-        from liandan.lr_find import lr_find_for_config, write_lr_find
-
-        found = lr_find_for_config(cfg, bundle, _class_weights(cfg, bundle))
-        write_lr_find(run_dir, found)
-        cfg.optim.lr = found.suggestion
-        log.info("optim.lr=auto: the lr range test suggests %.3g", found.suggestion)
-    if cfg.train.budget and ckpt_path is None:  # epochs (and schedule) fitted to the budget
+        probe = _resolve_lr(cfg, bundle, run_dir, fit_budget=ckpt_path is None)
+    if cfg.train.budget and ckpt_path is None and lead:  # epochs fitted to the budget
         from liandan.engine.budget import fit_budget
 
         spent = time.perf_counter() - start
-        fit_budget(cfg, bundle, _class_weights(cfg, bundle), run_dir, spent)
-    cfg.save(run_dir / "config.yaml")
-    if bundle.index.skipped:
-        atomic_write_json(run_dir / "skipped.json", bundle.index.skipped)
-    task = LiandanTask(cfg, bundle.classes.names, bundle.in_channels, _class_weights(cfg, bundle))
-    trainer, _ = build_trainer(cfg, run_dir, callbacks)
-    trainer.fit(task, bundle.train_loader, bundle.val_loader, ckpt_path=ckpt_path)
+        fit_budget(cfg, bundle, _class_weights(cfg, bundle), run_dir, spent, probe)
+    resolve_distributed(cfg)  # train.strategy, train.sync_batchnorm
+    if lead:
+        cfg.save(run_dir / "config.yaml")
+        if bundle.index.skipped:
+            atomic_write_json(run_dir / "skipped.json", bundle.index.skipped)
+
+    def fit() -> tuple[L.Trainer, LiandanTask]:  # a fresh model and Trainer per attempt
+        task = LiandanTask(
+            cfg, bundle.classes.names, bundle.in_channels, _class_weights(cfg, bundle)
+        )
+        trainer, _ = build_trainer(cfg, run_dir, callbacks)
+        trainer.fit(task, bundle.train_loader, bundle.val_loader, ckpt_path=ckpt_path)
+        return trainer, task
+
+    # out of memory in the first epoch: half the batch, at most 3 times (saved in config.yaml)
+    trainer, task = fit_retrying_oom(fit, cfg, bundle, run_dir, resuming=ckpt_path is not None)
+    if not trainer.is_global_zero:  # torchrun / SLURM rank > 0: rank 0 exports and reports
+        return RunResult(run_dir, {}, cfg, list(bundle.notes), time.perf_counter() - start)
     # Export the best epoch's weights (EMA ones when enabled) as safetensors + model.json.
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():
@@ -230,6 +259,36 @@ def train_into(
     except Exception as exc:  # a report must never cost the user a finished run
         log.warning("the report was not written: %s", exc, exc_info=log.isEnabledFor(10))
     return RunResult(run_dir, metrics, cfg, list(bundle.notes), duration)
+
+
+def _resolve_lr(
+    cfg: Config, bundle: DataBundle, run_dir: Path, *, fit_budget: bool
+) -> dict[str, float] | None:
+    """``optim.lr: auto``: the lr range test, capped to a tenth of ``train.budget``.
+
+    Returns the step timing measured for the cap (the budget fit reuses it), if any.
+    """
+    from liandan.lr_find import STEPS, lr_find_for_config, write_lr_find
+
+    weights = _class_weights(cfg, bundle)
+    steps, probe = STEPS, None
+    if cfg.train.budget and fit_budget:
+        from liandan.engine.budget import FALLBACK_LR, lr_find_budget
+
+        steps, probe = lr_find_budget(cfg, bundle, weights)
+        if not steps:  # the test alone would eat the budget: the optimizer's usual rate
+            cfg.optim.lr = FALLBACK_LR.get(cfg.optim.name, 1e-3)
+            bundle.notes.append(
+                f"optim.lr=auto: budget {cfg.train.budget} too short for the lr range test; "
+                f"{cfg.optim.name}'s usual {cfg.optim.lr:g} is used"
+            )
+            log.info("%s", bundle.notes[-1])
+            return probe
+    found = lr_find_for_config(cfg, bundle, weights, steps=steps)
+    write_lr_find(run_dir, found)
+    cfg.optim.lr = found.suggestion
+    log.info("optim.lr=auto: the lr range test (%d steps) suggests %.3g", steps, found.suggestion)
+    return probe
 
 
 def _init_from(cfg: Config, run: Path) -> None:

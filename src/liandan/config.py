@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from liandan.errors import ConfigError
 
@@ -136,7 +136,7 @@ class AugmentConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: PositiveInt | Literal["auto"] = 8  # >= 1, or auto: the largest that fits in memory
     seed: int = 0
     monitor: str = "auto"  # auto: val/mean_iou (segment) / val/macro_f1 (classify)
     patience: int | None = Field(None, ge=1)  # early stopping on the monitor

@@ -75,7 +75,7 @@ DESCRIPTIONS = {
     "augment.vflip": "probability of a vertical flip",
     "augment.rotate90": "probability of a random rotation by a multiple of 90 degrees",
     "train.epochs": "number of passes over the training set",
-    "train.batch_size": "samples per training batch",
+    "train.batch_size": "samples per training batch; auto: the largest that fits in memory",
     "train.seed": "seeds the validation split, the weights and the augmentation",
     "train.devices": "number of devices (GPUs) to train on; auto: what is available",
     "train.accelerator": "auto uses a GPU when one is present",
@@ -123,6 +123,8 @@ def type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if origin is Literal:
         return " | ".join(str(a) for a in args)
+    if origin is typing.Annotated:  # e.g. PositiveInt: the bounds are in the description
+        return type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join(type_name(a) for a in args)
     if origin is list:

@@ -326,12 +326,47 @@ def build_scheduler(
         )
         return onecycle, "step"
     _clock(cfg, 0, epochs, steps_per_epoch)  # validate the run length now
+    length = RunLength(epochs)
 
     def factor(step: int) -> float:
-        return _factor(cfg, _clock(cfg, step, epochs, steps_per_epoch))
+        return _factor(cfg, _clock(cfg, step, length.epochs, steps_per_epoch))
 
     # One lambda per group: LambdaLR then scales each group's own initial lr.
-    return LambdaLR(optimizer, lr_lambda=[factor for _ in optimizer.param_groups]), "step"
+    return StepSchedule(optimizer, [factor for _ in optimizer.param_groups], length), "step"
+
+
+class RunLength:
+    """The run's length in epochs, read by a step schedule at every step.
+
+    ``train.budget`` re-fits it from the first epochs' measured speed (see
+    :class:`liandan.engine.budget.BudgetCallback`): the schedule then decays over the
+    new length from the step it has reached.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+
+class StepSchedule(LambdaLR):
+    """``LambdaLR`` with an adjustable :class:`RunLength` (not part of its state).
+
+    The length is left out of ``state_dict`` so checkpoints stay loadable with
+    ``weights_only``; a resumed run rebuilds it from ``train.epochs`` in config.yaml.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr_lambda: list[Callable[[int], float]],
+        length: RunLength,
+    ) -> None:
+        self.run_length = length
+        super().__init__(optimizer, lr_lambda=lr_lambda)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("run_length", None)
+        return state
 
 
 # ----------------------------------------------------------------- weight averaging

@@ -239,8 +239,10 @@ def plan_from_fingerprint(
     per_sample = per_pixel * size * size * 4 * 2
     batch = _pow2_floor(min(memory / per_sample, 64 if gpu else (16 if seg else 64)))
     batch = max(2, min(batch, _pow2_floor(max(2, n_train // 8))))
-    estimate = (f"~{per_sample / 2**20:.1f} MB per sample at {size} px (x2 margin) in "
-                f"{memory / 2**30:.0f} GB suggests {batch}, at least 8 steps per epoch")  # fmt: skip
+    estimate = (
+        f"~{per_sample / 2**20:.1f} MB per sample at {size} px (x2 margin) in "
+        f"{memory / 2**30:.0f} GB suggests {batch}, at least 8 steps per epoch"
+    )
     if gpu:  # the GPU measures it when training starts: the largest batch that fits
         put("train.batch_size", "auto", f"probed on the GPU when training starts; {estimate}")
     else:

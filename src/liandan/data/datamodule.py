@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 from liandan.config import Config
 from liandan.data.datasets import SampleDataset, load_image, pad_collate
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
-from liandan.data.samplers import RareClassCrop, balanced_sampler
+from liandan.data.samplers import EvalShardSampler, RareClassCrop, balanced_sampler
 from liandan.data.scan import CheckedDataset, check_dataset
 from liandan.data.transforms import Normalizer, build_augment, dtype_max, fit_normalizer
+from liandan.engine.batch_size import resolve_batch_size
 from liandan.errors import ConfigError, DataError
 
 
@@ -174,7 +175,15 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
     )
     workers = resolve_workers(cfg.train.num_workers, bool(checked.images))
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    batch = min(cfg.train.batch_size, len(train_ds))
+    wanted = resolve_batch_size(  # train.batch_size: auto -> the int written to config.yaml
+        cfg,
+        in_channels=checked.in_channels,
+        num_classes=index.classes.num_classes,
+        n_train=len(train_ds),
+        size=size,
+        notes=index.notes,
+    )
+    batch = min(wanted, len(train_ds))
     loader_args = dict(
         num_workers=workers,
         collate_fn=pad_collate,
@@ -201,6 +210,11 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         generator=generator,
         **loader_args,  # type: ignore[arg-type]
     )
-    val_batch = cfg.train.batch_size if index.task == "classify" else max(1, batch // 2)
-    val_loader = DataLoader(val_ds, batch_size=val_batch, shuffle=False, **loader_args)  # type: ignore[arg-type]
+    val_batch = wanted if index.task == "classify" else max(1, batch // 2)
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=val_batch,
+        sampler=EvalShardSampler(val_ds),  # under DDP: each sample validated once
+        **loader_args,  # type: ignore[arg-type]
+    )
     return DataBundle(checked, splits, normalizer, train_loader, val_loader, list(index.notes))

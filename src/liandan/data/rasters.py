@@ -388,7 +388,10 @@ class RasterTiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.train:
-            image, mask = self._random_window(np.random.default_rng(np.random.randint(2**31)))
+            # seeded by the index too: under DDP every rank draws the same global random
+            # numbers, but the distributed sampler hands each rank different indices
+            seed = (np.random.randint(2**31), i)
+            image, mask = self._random_window(np.random.default_rng(seed))
         else:
             image, mask = self.read(*self.windows[i])
         out = self.augment(image=image.astype(np.float32), mask=mask)
@@ -479,7 +482,9 @@ def fit_raster_normalizer(regions: list[Region], ds: RasterTiles, cfg: Config, s
 def build_raster_data(cfg: Config, index: DatasetIndex) -> DataBundle:
     """The DataBundle of a raster dataset: checked headers, tile datasets and loaders."""
     from liandan.data.datamodule import DataBundle, _seed_worker, pad_collate, resolve_workers
+    from liandan.data.samplers import EvalShardSampler
     from liandan.data.transforms import build_augment, dtype_max
+    from liandan.engine.batch_size import resolve_batch_size
 
     checked = check_rasters(index, cfg)
     train_regions, val_regions, note = _regions(index, cfg)
@@ -511,9 +516,19 @@ def build_raster_data(cfg: Config, index: DatasetIndex) -> DataBundle:
     )
     generator = torch.Generator().manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    batch = min(cfg.train.batch_size, len(train_ds))
+    wanted = resolve_batch_size(  # train.batch_size: auto -> the int written to config.yaml
+        cfg,
+        in_channels=checked.in_channels,
+        num_classes=index.classes.num_classes,
+        n_train=len(train_ds),
+        size=cfg.data.tile_size,
+        notes=index.notes,
+    )
+    batch = min(wanted, len(train_ds))
     train_loader = DataLoader(train_ds, batch_size=batch, generator=generator, **args)
-    val_loader = DataLoader(val_ds, batch_size=max(1, batch // 2), **args)
+    val_loader = DataLoader(
+        val_ds, batch_size=max(1, batch // 2), sampler=EvalShardSampler(val_ds), **args
+    )  # under DDP: each validation tile counted once
     splits = {
         "train": sorted({r.sample for r in train_regions}, key=lambda s: s.image),
         "val": sorted({r.sample for r in val_regions}, key=lambda s: s.image),

@@ -11,11 +11,11 @@ small, rare structures reach the network far more often than uniform crops allow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence, Sized
 
 import numpy as np
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import DistributedSampler, WeightedRandomSampler
 
 RARE_CROP_P = 0.5  # share of crops aimed at a rare class; the rest stay uniform (context)
 
@@ -85,3 +85,36 @@ def _start(centre: int, length: int, size: int, rng: np.random.Generator) -> int
         return 0
     start = centre - int(rng.integers(0, size))
     return min(max(start, 0), length - size)
+
+
+class EvalShardSampler(DistributedSampler):
+    """Validation under DDP: each rank takes every ``world``-th sample, each counted once.
+
+    Lightning would give a validation loader a ``DistributedSampler``, which repeats
+    samples so that every rank gets as many (5 samples on 2 ranks: 3 + 3, one counted
+    twice in the summed confusion matrix). Ranks here get ``ceil`` or ``floor`` of
+    ``n / world`` samples instead, never a repeat. Being a ``DistributedSampler``
+    subclass, Lightning leaves it in place. It reads the rank when iterated, so it is
+    built with the loader, before any process group exists; outside DDP it yields
+    every sample in order.
+
+    Args:
+        dataset: the validation dataset (only its length is used; it must not change).
+    """
+
+    def __init__(self, dataset: Sized) -> None:  # no super(): no process group needed
+        self.num_items = len(dataset)
+        self.shuffle = False
+        self.epoch = 0
+
+    def _shard(self) -> range:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return range(dist.get_rank(), self.num_items, dist.get_world_size())
+        return range(self.num_items)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard())
+
+    def __len__(self) -> int:
+        return len(self._shard())

@@ -19,12 +19,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
 from liandan.config import Config, parse_duration
+from liandan.engine.callbacks import any_rank, is_rank_zero
 from liandan.runs import atomic_write_json
 
 SAFETY = 0.9  # plan for 90% of the budget: epochs vary (data loading, checkpoint writes)
 REPORT_S = 5.0  # export, plots and report after training (measured: 2-4 s on 2 CPU cores)
+REFIT_EPOCHS = 2  # the run length is re-fitted after each of the first epochs
+LR_FIND_SHARE = 0.1  # of a budget the lr range test (optim.lr=auto) may take
+LR_FIND_MIN_STEPS = 20  # fewer points cannot locate the loss valley
+FALLBACK_LR = {"sgd": 0.01, "adagrad": 0.01, "adadelta": 1.0}  # others: 1e-3 (Adam family)
 
 
 def epochs_for_budget(budget_s: float, epoch_s: float, overhead_s: float, max_epochs: int) -> int:
@@ -93,12 +99,30 @@ def time_probe(
     return {"step_s": step_s, "val_batch_s": sum(val_times) / max(1, len(val_times))}
 
 
+def lr_find_budget(
+    cfg: Config, bundle: Any, class_weights: torch.Tensor | None
+) -> tuple[int, dict[str, float]]:
+    """Steps of the lr range test that fit ``LR_FIND_SHARE`` of the budget, and the probe.
+
+    The range test runs up to 100 training steps; on a short budget that can be most of
+    the run. Returns 0 steps when fewer than ``LR_FIND_MIN_STEPS`` fit: the caller then
+    uses the optimizer's usual learning rate (:data:`FALLBACK_LR`) and says so.
+    """
+    from liandan.lr_find import STEPS
+
+    assert cfg.train.budget is not None
+    probe = time_probe(cfg, bundle, class_weights)
+    fit = int(LR_FIND_SHARE * parse_duration(cfg.train.budget) / max(probe["step_s"], 1e-6))
+    return (min(STEPS, fit) if fit >= LR_FIND_MIN_STEPS else 0), probe
+
+
 def fit_budget(
     cfg: Config,
     bundle: Any,
     class_weights: torch.Tensor | None,
     run_dir: Path,
     spent_s: float = 0.0,
+    probe: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Set ``cfg.train.epochs`` (and patience) to fit ``cfg.train.budget``; write budget.json.
 
@@ -108,11 +132,12 @@ def fit_budget(
         class_weights: the loss's class weights, as training uses them.
         run_dir: the run folder (``budget.json`` goes there).
         spent_s: seconds already used (data checks, lr-find) since the run started.
+        probe: a :func:`time_probe` already measured for this run (else measured here).
     """
     assert cfg.train.budget is not None
     budget_s = parse_duration(cfg.train.budget)
     start = time.perf_counter()
-    probe = time_probe(cfg, bundle, class_weights)
+    probe = probe or time_probe(cfg, bundle, class_weights)
     train_steps = _steps(bundle.train_loader, cfg.train.steps_per_epoch)
     val_s = len(bundle.val_loader) * probe["val_batch_s"]
     epoch_s = train_steps * probe["step_s"] + val_s
@@ -121,10 +146,13 @@ def fit_budget(
     requested = cfg.train.epochs
     epochs = epochs_for_budget(budget_s, epoch_s, overhead_s, requested)
     cfg.train.epochs = epochs
-    if cfg.train.patience is None or cfg.train.patience >= epochs:
+    patience_from_budget = cfg.train.patience is None  # a patience you set is kept
+    if patience_from_budget:
         cfg.train.patience = max(3, epochs // 4)  # early stopping on the monitored metric
     info = {
         "budget": cfg.train.budget,
+        "after_training_s": round(2 * val_s + REPORT_S, 3),  # final evaluation and report
+        "patience_from_budget": patience_from_budget,
         "budget_s": budget_s,
         "probe": {k: round(v, 5) for k, v in probe.items()},
         "estimated_epoch_s": round(epoch_s, 3),
@@ -138,19 +166,43 @@ def fit_budget(
 
 
 class BudgetCallback(L.Callback):
-    """Stops when the next epoch would overrun the budget; records the actual time."""
+    """Re-fits the run to the first epochs' speed, stops before the budget would overrun.
 
-    def __init__(self, budget_s: float, path: Path, spent_s: float = 0.0) -> None:
+    The probe before training times a few steps; an epoch also loads data, validates
+    and writes checkpoints, and a shared machine's speed drifts. After each of the first
+    ``REFIT_EPOCHS`` epochs the remaining epochs are re-fitted from the last epoch's
+    measured time: ``max_epochs``, the step schedule's length (so a cosine decay still
+    ends at its floor), early stopping's patience when the budget chose it, and
+    ``train.epochs`` in config.yaml (a resume rebuilds the same schedule). Later, an
+    epoch that would pass the budget is not started.
+    """
+
+    def __init__(
+        self,
+        budget_s: float,
+        path: Path,
+        spent_s: float = 0.0,
+        *,
+        after_s: float = REPORT_S,
+        max_epochs: int | None = None,
+        patience_from_budget: bool = False,
+    ) -> None:
         self.budget_s = budget_s
         self.path = path
         self.spent_s = spent_s  # used before training started
+        self.after_s = after_s  # final evaluation and report, after training
+        self.max_epochs = max_epochs  # what the config allows (the budget fits below it)
+        self.patience_from_budget = patience_from_budget
         self.start = time.perf_counter()
         self.epoch_times: list[float] = []
+        self.refits: list[list[int]] = []  # [after epoch, new epochs]
         self.stopped = False
+        self.resumed = False
         self._epoch_start = self.start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
+        self.resumed = trainer.current_epoch > 0  # a resumed run keeps its fitted length
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
@@ -159,18 +211,67 @@ class BudgetCallback(L.Callback):
         if trainer.sanity_checking:
             return
         self.epoch_times.append(time.perf_counter() - self._epoch_start)
-        if self.should_stop(time.perf_counter() - self.start):
+        stop = self.should_stop(time.perf_counter() - self.start)
+        # ranks time their own epochs; under DDP all must stop after the same one
+        if any_rank(trainer, stop):
             trainer.should_stop = True
             self.stopped = True
+        elif len(self.epoch_times) <= REFIT_EPOCHS and not self.resumed:
+            self.refit(trainer, pl_module)
+
+    def fitted_epochs(self, done: int, elapsed_s: float) -> int:
+        """Epochs in all: ``done`` plus those the last epoch's speed fits in the rest.
+
+        >>> cb = BudgetCallback(100.0, Path("budget.json"), spent_s=10.0, after_s=5.0)
+        >>> cb.epoch_times = [9.0, 4.0]
+        >>> cb.fitted_epochs(2, 13.0)  # (0.9 * 100 - 10 - 5 - 13) / 4 = 15.5 more
+        17
+        """
+        left = SAFETY * self.budget_s - self.spent_s - self.after_s - elapsed_s
+        more = int(max(0.0, left) // max(self.epoch_times[-1], 1e-6))
+        total = done + more
+        return min(total, self.max_epochs) if self.max_epochs else total
+
+    def refit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Set the run's length (epochs, schedule, patience) from the measured speed."""
+        done = trainer.current_epoch + 1
+        epochs = self.fitted_epochs(done, time.perf_counter() - self.start)
+        if trainer.world_size > 1:  # every rank must agree on the length: rank 0's
+            epochs = int(trainer.strategy.broadcast(epochs, src=0))
+        if epochs <= done or epochs == trainer.max_epochs:
+            return  # should_stop ends a run that cannot afford another epoch
+        trainer.fit_loop.max_epochs = epochs
+        for config in trainer.lr_scheduler_configs:
+            length = getattr(config.scheduler, "run_length", None)
+            if length is not None:
+                length.epochs = epochs
+        cfg = getattr(pl_module, "cfg", None)
+        if cfg is not None:
+            cfg.train.epochs = epochs
+            if self.patience_from_budget:
+                cfg.train.patience = max(3, epochs // 4)
+        if self.patience_from_budget:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(callback, EarlyStopping):
+                    callback.patience = max(3, epochs // 4)
+        self.refits.append([done, epochs])
+        if is_rank_zero(trainer):
+            config_path = self.path.with_name("config.yaml")
+            if cfg is not None and config_path.is_file():
+                cfg.save(config_path)  # a resume rebuilds this length
 
     def should_stop(self, elapsed_s: float) -> bool:
-        """Whether one more epoch (as slow as the slowest so far) would pass the budget."""
+        """Whether one more epoch (as slow as the slowest after the first) would pass the budget."""
         if not self.epoch_times:
             return False
-        left = self.budget_s - self.spent_s - REPORT_S - elapsed_s
-        return max(self.epoch_times) > left
+        left = self.budget_s - self.spent_s - self.after_s - elapsed_s
+        # the first epoch carries one-off costs (workers, allocation, first checkpoint)
+        later = self.epoch_times[1:] or self.epoch_times
+        return max(later) > left
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not is_rank_zero(trainer):  # rank 0 writes the run's files
+            return
         info: dict[str, Any] = {}
         if self.path.is_file():
             info = json.loads(self.path.read_text(encoding="utf-8"))
@@ -179,6 +280,7 @@ class BudgetCallback(L.Callback):
             train_s=round(time.perf_counter() - self.start, 3),
             mean_epoch_s=round(sum(self.epoch_times) / max(1, len(self.epoch_times)), 3),
             stopped_by_budget=self.stopped,
+            refits=self.refits,
         )
         atomic_write_json(self.path, info)
 
@@ -188,12 +290,18 @@ def budget_callbacks(cfg: Config, run_dir: Path) -> list[L.Callback]:
     if not cfg.train.budget:
         return []
     path = run_dir / "budget.json"
-    spent = 0.0
+    info: dict[str, Any] = {}
     if path.is_file():
-        spent = float(
-            json.loads(path.read_text(encoding="utf-8")).get("spent_before_training_s", 0)
-        )
-    return [BudgetCallback(parse_duration(cfg.train.budget), path, spent)]
+        info = json.loads(path.read_text(encoding="utf-8"))
+    callback = BudgetCallback(
+        parse_duration(cfg.train.budget),
+        path,
+        float(info.get("spent_before_training_s", 0.0)),
+        after_s=float(info.get("after_training_s", REPORT_S)),
+        max_epochs=info.get("epochs_requested"),
+        patience_from_budget=bool(info.get("patience_from_budget", False)),
+    )
+    return [callback]
 
 
 def record_total(run_dir: Path, total_s: float) -> None:

@@ -32,6 +32,24 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def any_rank(trainer: L.Trainer, flag: bool) -> bool:
+    """``flag`` or'ed over every DDP process (``flag`` itself in a single process).
+
+    Decisions that end training (a signal, a NaN, the budget) must be taken by all
+    ranks at the same step: a rank going on alone waits forever in the next gradient
+    all-reduce. A trainer without a strategy (a test double) is one process.
+    """
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is None:
+        return flag
+    return bool(strategy.reduce_boolean_decision(flag, all=False))
+
+
+def is_rank_zero(trainer: L.Trainer) -> bool:
+    """Whether this process writes the run's files (rank 0; a test double counts as it)."""
+    return bool(getattr(trainer, "is_global_zero", True))
+
+
 class HistoryCallback(L.Callback):
     """Writes ``history.csv``: epoch, step, time_s, lr per group, losses, val metrics."""
 
@@ -86,6 +104,8 @@ class HistoryCallback(L.Callback):
         fields: list[str] = []
         for row in self.rows:
             fields += [k for k in row if k not in fields]
+        # the training doctor's findings of the epoch come last, empty when there are none
+        fields = [k for k in fields if k != "doctor"] + ["doctor"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
@@ -274,12 +294,20 @@ class GracefulStop(L.Callback):
             f"checkpoints/last.ckpt written. Continue with: {resume_command(self.run_dir)}"
         )
 
+    def _agreed(self, trainer: L.Trainer) -> bool:
+        """Whether any rank got a signal: under DDP all ranks stop at the same step
+        (checkpoint saving waits for every rank; a rank training on alone would hang)."""
+        stop = any_rank(trainer, self.requested is not None)
+        if stop and self.requested is None:  # the signal reached another rank only
+            self.requested = signal.SIGTERM
+        return stop
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.requested is not None:
+        if self._agreed(trainer):
             self._stop(trainer, save=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.requested is not None:  # last.ckpt was written at the end of the last epoch
+        if self._agreed(trainer):  # last.ckpt was written at the end of the last epoch
             self._stop(trainer, save=trainer.current_epoch == 0)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

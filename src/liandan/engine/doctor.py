@@ -14,6 +14,10 @@ Findings (each provoked by a test in tests/test_doctor.py):
   worse ``window`` epochs in a row: more augmentation, weight decay, early stopping.
 - ``class_never_predicted``: at the end of training a class present in the
   validation split was never predicted.
+- ``amp_skipped``: under fp16 mixed precision the gradient scaler skipped (inf/NaN
+  gradients) more than half of an epoch's steps. Single skipped steps are normal
+  while the scaler finds its scale; the learning-rate schedule does not advance on
+  them (:func:`skip_scheduler_step`).
 
 Findings go to the console (logging), to a ``doctor`` column of history.csv, and to
 ``doctor.json`` in the run folder.
@@ -31,7 +35,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from liandan.engine.callbacks import HistoryCallback
+from liandan.engine.callbacks import HistoryCallback, any_rank, is_rank_zero
 from liandan.errors import TrainingStopped
 from liandan.runs import atomic_write_json
 
@@ -196,6 +200,40 @@ def check_never_predicted(
     )
 
 
+def check_skipped_steps(skipped: int, steps: int, epoch: int, lr: float) -> Finding | None:
+    """fp16: the gradient scaler skipped more than half of an epoch's steps."""
+    if steps == 0 or skipped <= steps // 2:
+        return None
+    return Finding(
+        "amp_skipped",
+        epoch,
+        f"the fp16 gradient scaler skipped {skipped} of {steps} steps: the gradients are "
+        "NaN or infinite at every scale",
+        f"use train.precision=bf16-mixed (or 32), lower optim.lr (now {lr:.2g}), and check "
+        "the data for NaN/Inf values (`liandan scan DATA`)",
+    )
+
+
+def grad_scaler(trainer: L.Trainer) -> Any:
+    """The fp16 ``GradScaler`` of the trainer's precision plugin, or None (bf16, fp32)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+
+
+def skip_scheduler_step(trainer: L.Trainer, scheduler: Any) -> bool:
+    """Whether ``scheduler`` must not advance now: a per-step schedule, and the fp16
+    gradient scaler skipped the optimizer step (non-finite gradients) it would follow.
+
+    Lightning steps per-step schedulers after every optimizer step, taken or not;
+    :meth:`LiandanTask.lr_scheduler_step` asks this first.
+    """
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    doctor = next((c for c in callbacks if isinstance(c, TrainingDoctor)), None)
+    if doctor is None:
+        return False
+    config = next((c for c in trainer.lr_scheduler_configs if c.scheduler is scheduler), None)
+    return config is not None and config.interval == "step" and doctor.step_skipped(trainer)
+
+
 class TrainingDoctor(L.Callback):
     """Runs the checks above during training; see the module docstring.
 
@@ -228,6 +266,9 @@ class TrainingDoctor(L.Callback):
         self.window = window
         self.findings: list[Finding] = []
         self._reported: set[str] = set()
+        self._scale_before: float | None = None  # fp16 scaler's scale before the step
+        self._steps = 0  # optimizer steps this epoch (fp16 only)
+        self._skipped = 0  # ... of which the scaler skipped
 
     # ------------------------------------------------------------- per step
     def _stop(self, trainer: L.Trainer, what: str) -> None:
@@ -241,11 +282,12 @@ class TrainingDoctor(L.Callback):
             "(`liandan scan DATA`), or use train.precision=32; the checkpoints written "
             "before this step are intact",
         )
-        self._record(finding)
-        self.history.rows.append(
-            {"epoch": epoch, "step": trainer.global_step, "doctor": finding.line()}
-        )
-        self.history.write()
+        if is_rank_zero(trainer):  # every rank stops; rank 0 writes the run's files
+            self._record(finding)
+            self.history.rows.append(
+                {"epoch": epoch, "step": trainer.global_step, "doctor": finding.line()}
+            )
+            self.history.write()
         raise TrainingStopped(
             finding.message, where=self.run_dir, hint=finding.advice + " (doctor.json)"
         )
@@ -253,24 +295,60 @@ class TrainingDoctor(L.Callback):
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
-            self._stop(trainer, f"the training loss is {float(loss.detach()):g}")
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        # under DDP the loss differs per rank: all stop together (backward would hang)
+        if any_rank(trainer, bad):
+            what = "a training loss on another device is not finite"
+            if bad:
+                what = f"the training loss is {float(loss.detach()):g}"
+            self._stop(trainer, what)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
     ) -> None:
+        scaler = grad_scaler(trainer)
+        # fp16: the scaler lowers its scale exactly when it skips the step it is about to
+        # take, so the scale now tells afterwards whether the step happened
+        self._scale_before = scaler.get_scale() if scaler is not None else None
         if not self.check_gradients:
             return
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             self._stop(trainer, "a gradient is NaN or infinite")
 
+    def step_skipped(self, trainer: L.Trainer) -> bool:
+        """Whether the fp16 gradient scaler skipped the optimizer step just taken."""
+        scaler = grad_scaler(trainer)
+        if scaler is None or self._scale_before is None:
+            return False
+        return scaler.get_scale() < self._scale_before
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._scale_before is None:
+            return
+        self._steps += 1
+        if self.step_skipped(trainer):
+            self._skipped += 1
+        self._scale_before = None
+
     # ------------------------------------------------------------ per epoch
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._steps = self._skipped = 0
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # runs after HistoryCallback (registered before it) appended this epoch's row,
         # and before the checkpoint callbacks: non-finite weights never reach best/last
         if trainer.sanity_checking:
             return
+        if self._skipped:
+            # a few skips while the scaler finds its scale are normal; most steps skipped
+            # means the gradients stay non-finite and nothing is learned
+            log.info(
+                "fp16: the gradient scaler skipped %d of %d steps (inf/NaN gradients); "
+                "the learning-rate schedule did not advance on them",
+                self._skipped,
+                self._steps,
+            )
         weights = [p.detach() for p in pl_module.parameters() if p.is_floating_point()]
         if weights and not bool(torch.isfinite(torch.stack(torch._foreach_norm(weights))).all()):
             self._stop(trainer, "a weight became NaN or infinite")
@@ -282,6 +360,7 @@ class TrainingDoctor(L.Callback):
         names = list(metrics.get("classes") or getattr(pl_module, "class_names", []))
         epoch = int(rows[-1].get("epoch", trainer.current_epoch + 1))
         new = [
+            check_skipped_steps(self._skipped, self._steps, epoch, self.lr),
             check_divergence(rows, self.lr, self.window),
             check_plateau(rows, confusion, names, self.window),
             check_overfitting(rows, self.monitor, self.mode, self.window),

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from liandan.config import Config
+from liandan.engine.doctor import skip_scheduler_step
 from liandan.engine.mix import build_mixer
 from liandan.losses import build_loss
 from liandan.metrics import ConfusionMatrix, compute_metrics
@@ -57,6 +58,7 @@ class LiandanTask(L.LightningModule):
         self.mixer = build_mixer(cfg.augment, self.task, cfg.train.seed)  # mixup / cutmix
         self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE)
         self.last_val_metrics: dict[str, Any] | None = None
+        self.val_confusion: torch.Tensor | None = None  # (C, C) of the last validation
 
     def configure_model_parts(self) -> torch.nn.Module:
         return build_model(
@@ -66,6 +68,29 @@ class LiandanTask(L.LightningModule):
             in_channels=self.in_channels,
             image_size=self.cfg.data.image_size,
         )
+
+    def configure_model(self) -> None:
+        """``train.compile``: compile the network in place when training starts.
+
+        ``nn.Module.compile`` swaps only how the module is called, not the module, so
+        the state dict keeps its names (no ``_orig_mod.`` prefix): checkpoints and the
+        exported weights load into an uncompiled network. The EMA copy (validation and
+        export) stays uncompiled. Lightning calls this hook at every fit/validate.
+        """
+        if self.cfg.train.compile and not getattr(self.model, "_compiled_call_impl", None):
+            self.model.compile()
+
+    def on_fit_start(self) -> None:
+        # GPU: NHWC ("channels_last") lets cuDNN use its fastest convolution kernels
+        # under bf16/fp16 autocast (tensor cores); weights are exported contiguous
+        if self.device.type == "cuda":
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        if x.device.type == "cuda" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
     # ------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,7 +104,13 @@ class LiandanTask(L.LightningModule):
         else:
             loss = self.criterion(self.model(x), y)
         self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0]
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=x.shape[0],
+            sync_dist=self.distributed,  # the mean over all devices (one scalar all-reduce)
         )
         return loss
 
@@ -101,7 +132,14 @@ class LiandanTask(L.LightningModule):
         logits = self.eval_model()(x)
         loss = self.criterion(logits, y)
         if math.isfinite(float(loss)):
-            self.log("val/loss", loss, on_epoch=True, prog_bar=False, batch_size=x.shape[0])
+            self.log(
+                "val/loss",
+                loss,
+                on_epoch=True,
+                prog_bar=False,
+                batch_size=x.shape[0],
+                sync_dist=self.distributed,
+            )
         self.val_cm.update(logits.argmax(1), y)
 
     def on_validation_epoch_start(self) -> None:
@@ -110,10 +148,13 @@ class LiandanTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         matrix = self.val_cm.matrix
-        if self.trainer.world_size > 1:  # one confusion matrix summed over ranks
+        if self.distributed:  # one confusion matrix summed over ranks
+            # each rank counted its own share of the validation samples, each sample once
+            # (data.samplers.EvalShardSampler); (world, C, C) -> (C, C)
             gathered = self.all_gather(matrix)
             assert isinstance(gathered, torch.Tensor)
             matrix = gathered.sum(0)
+        self.val_confusion = matrix.detach().cpu()
         metrics = compute_metrics(
             matrix.cpu().numpy(), self.class_names, task=self.task, split="val"
         )
@@ -142,8 +183,20 @@ class LiandanTask(L.LightningModule):
             sched["monitor"] = self.cfg.resolved_monitor()
         return {"optimizer": optimizer, "lr_scheduler": sched}
 
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # fp16: a step the gradient scaler skipped (inf/NaN gradients) does not count
+        if not skip_scheduler_step(self.trainer, scheduler):
+            super().lr_scheduler_step(scheduler, metric)
+
     # ------------------------------------------------------------------ state
+    @property
+    def distributed(self) -> bool:
+        """Whether several processes train together (DDP)."""
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.val_confusion is not None:  # the epoch's validation counts, all ranks summed
+            checkpoint["val_confusion"] = self.val_confusion
         if self.ema is not None:
             checkpoint["ema_state"] = self.ema.state_dict()
 

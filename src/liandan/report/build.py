@@ -36,6 +36,7 @@ from liandan.report.summary import (
     DataSummary,
     band_rows,
     data_summary,
+    doctor_findings,
     environment,
     history_rows,
 )
@@ -114,6 +115,7 @@ def write_report(
         ),
         _environment_section(run, duration_s),
         _curves_section(run, out),
+        _doctor_section(run),
         _metrics_section(metrics),
         _confusion_section(run, metrics, out),
     ]
@@ -214,6 +216,22 @@ def _curves_section(run: Path, out: Path) -> H.Section:
         return H.Section("curves", "training curves", H.note("no history.csv in this run"))
     body = H.image(plot, "training curves", run=run)
     return H.Section("curves", "training curves", body + H.note("from history.csv, per epoch"))
+
+
+def _doctor_section(run: Path) -> H.Section:
+    """What the training doctor found (doctor.json), one row per finding."""
+    findings = doctor_findings(run)
+    if not findings:
+        body = H.note(
+            "the training doctor found nothing: no NaN/Inf, divergence, plateau, "
+            "overfitting or class never predicted"
+        )
+    else:
+        body = H.table(
+            ["epoch", "finding", "message", "suggestion"],
+            [[f.get("epoch"), f.get("kind"), f.get("message"), f.get("advice")] for f in findings],
+        ) + H.note("also in doctor.json and the doctor column of history.csv")
+    return H.Section("doctor", "training doctor", body)
 
 
 def _metrics_section(metrics: dict[str, Any]) -> H.Section:

@@ -30,6 +30,7 @@ table { border-collapse: collapse; margin: 8px 0; }
 th, td { border: 1px solid #e5e7eb; padding: 3px 10px; text-align: right; }
 th { background: #f3f4f6; }
 td:first-child, th:first-child { text-align: left; }
+#doctor td { text-align: left; }
 pre { background: #f6f8fa; padding: 10px; overflow: auto; max-height: 480px; }
 img { max-width: 100%; }
 .note { color: #6b7280; }

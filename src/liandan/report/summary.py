@@ -97,6 +97,20 @@ def history_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def doctor_findings(run: Path) -> list[dict[str, Any]]:
+    """The training doctor's findings (``doctor.json``); none when the file is absent.
+
+    The doctor writes the file at its first finding, so a run without one has none.
+    """
+    import json
+
+    path = run / "doctor.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [f for f in data.get("findings", []) if isinstance(f, dict)]
+
+
 def _version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
