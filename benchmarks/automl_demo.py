@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i, (name, args) in enumerate(configs.items()):
             folder = f"c{i}"
+            while (base / "runs" / folder).exists():  # --keep: never read an older run
+                folder += "-again"
             row = run_one(data, base / "runs", folder, args, opts.budget)
             row["name"] = name
             rows.append(row)

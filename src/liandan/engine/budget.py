@@ -27,7 +27,8 @@ from liandan.runs import atomic_write_json
 
 SAFETY = 0.9  # plan for 90% of the budget: epochs vary (data loading, checkpoint writes)
 REPORT_S = 5.0  # export, plots and report after training (measured: 2-4 s on 2 CPU cores)
-REFIT_EPOCHS = 2  # the run length is re-fitted after each of the first epochs
+REFIT_EPOCHS = 2  # the run length is re-fitted after each of the first epochs ...
+REFIT_SHARE = 0.25  # ... and after every epoch in the first quarter of the run
 LR_FIND_SHARE = 0.1  # of a budget the lr range test (optim.lr=auto) may take
 LR_FIND_MIN_STEPS = 20  # fewer points cannot locate the loss valley
 FALLBACK_LR = {"sgd": 0.01, "adagrad": 0.01, "adadelta": 1.0}  # others: 1e-3 (Adam family)
@@ -170,8 +171,9 @@ class BudgetCallback(L.Callback):
 
     The probe before training times a few steps; an epoch also loads data, validates
     and writes checkpoints, and a shared machine's speed drifts. After each of the first
-    ``REFIT_EPOCHS`` epochs the remaining epochs are re-fitted from the last epoch's
-    measured time: ``max_epochs``, the step schedule's length (so a cosine decay still
+    ``REFIT_EPOCHS`` epochs, and every epoch in the first quarter of the run, the
+    remaining epochs are re-fitted from the median measured epoch (the first left out
+    once others exist: it carries one-off costs): ``max_epochs``, the step schedule's length (so a cosine decay still
     ends at its floor), early stopping's patience when the budget chose it, and
     ``train.epochs`` in config.yaml (a resume rebuilds the same schedule). Later, an
     epoch that would pass the budget is not started.
@@ -216,11 +218,13 @@ class BudgetCallback(L.Callback):
         if any_rank(trainer, stop):
             trainer.should_stop = True
             self.stopped = True
-        elif len(self.epoch_times) <= REFIT_EPOCHS and not self.resumed:
+        elif not self.resumed and len(self.epoch_times) <= max(
+            REFIT_EPOCHS, REFIT_SHARE * (trainer.max_epochs or 0)
+        ):
             self.refit(trainer, pl_module)
 
     def fitted_epochs(self, done: int, elapsed_s: float) -> int:
-        """Epochs in all: ``done`` plus those the last epoch's speed fits in the rest.
+        """Epochs in all: ``done`` plus those the median epoch's speed fits in the rest.
 
         >>> cb = BudgetCallback(100.0, Path("budget.json"), spent_s=10.0, after_s=5.0)
         >>> cb.epoch_times = [9.0, 4.0]
@@ -228,7 +232,8 @@ class BudgetCallback(L.Callback):
         17
         """
         left = SAFETY * self.budget_s - self.spent_s - self.after_s - elapsed_s
-        more = int(max(0.0, left) // max(self.epoch_times[-1], 1e-6))
+        later = sorted(self.epoch_times[1:] or self.epoch_times)  # the first has one-off costs
+        more = int(max(0.0, left) // max(later[len(later) // 2], 1e-6))
         total = done + more
         return min(total, self.max_epochs) if self.max_epochs else total
 
