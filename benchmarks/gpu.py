@@ -368,26 +368,11 @@ def training_rows(
 
 # ---------------------------------------------------------------- raster prediction
 def write_raster(path: Path, side: int) -> Path:
-    """A 3-band uint8 GeoTIFF with blob structure and noise (tiled, deflate)."""
-    import rasterio
-    from rasterio.transform import from_origin
+    """A 3-band uint8 GeoTIFF with blob structure and noise: raster_predict's scene."""
+    sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark script
+    from raster_predict import write_scene
 
-    rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 256, (3, side // 64 + 2, side // 64 + 2), dtype=np.uint8)
-    profile = dict(
-        driver="GTiff", width=side, height=side, count=3, dtype="uint8",
-        crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1),
-        tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-    )  # fmt: skip
-    rows = min(512, side)
-    with rasterio.open(path, "w", **profile) as dst:
-        for top in range(0, side, rows):
-            n = min(rows, side - top)
-            idx = np.arange(top, top + n) // 64
-            block = np.repeat(coarse[:, idx], 64, axis=2)[:, :, :side]
-            noise = rng.integers(0, 40, block.shape, dtype=np.uint8)
-            dst.write(block // 2 + noise, window=((top, top + n), (0, side)))
-    return path
+    return write_scene(path, side, side)
 
 
 def raster_rows(b: Bench, tmp: Path) -> list[Row]:
