@@ -10,6 +10,7 @@ other decoders, another loss, SGD. Every run trains from random weights (no down
 
     python benchmarks/automl_demo.py --budget 3m
     python benchmarks/automl_demo.py --budget 20s --only auto,defaults --no-write  # smoke
+    python benchmarks/automl_demo.py --budget 3m --only "auto,demo (README)" --seed 1
 
 The table (and, unless --no-write, a dated entry in benchmarks/RESULTS.md) lists each
 config's validation mean IoU, the epochs it ran and its wall time.
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated names (auto = the plan)")
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every run")
     opts = parser.parse_args(argv)
 
     from liandan.data.demo import make_segment_demo
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             folder = f"c{i}"
             while (base / "runs" / folder).exists():  # --keep: never read an older run
                 folder += "-again"
-            row = run_one(data, base / "runs", folder, args, opts.budget)
-            row["name"] = name
+            seeded = [*args, f"train.seed={opts.seed}"]
+            row = run_one(data, base / "runs", folder, seeded, opts.budget)
+            row["name"] = name if opts.seed == 0 else f"{name} (seed {opts.seed})"
             rows.append(row)
             print(f"{name}: {row}", flush=True)
     table = _table(rows, opts.budget)
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _table(rows: list[dict], budget: str) -> str:
     done = [r for r in rows if "mean_iou" in r]
-    best_hand = max((r["mean_iou"] for r in done if r["name"] != "auto"), default=None)
+    best_hand = max((r["mean_iou"] for r in done if not r["name"].startswith("auto")), default=None)
     lines = [
         f"| config (budget {budget}) | val mean IoU | vs best hand-written | epochs | lr "
         "| run s | process s |",

@@ -66,7 +66,7 @@ def test_train_with_budget_records_it(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("budget", "steps"),
-    [("100s", 0), ("10m", 60)],  # 10% of the budget at a (faked) 1 s per step
+    [("10m", 0), ("30m", 100)],  # 10% of the budget at a (faked) 1 s per step
 )
 def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch, budget, steps):
     import liandan.engine.budget as budget_module
@@ -83,7 +83,7 @@ def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch
     result = train(root, overrides=overrides, out=tmp_path / "runs")
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert len(probes) == 1  # one timing serves the lr cap and the epoch fit
-    if steps == 0:  # 10 affordable steps are too few to find a valley: AdamW's usual rate
+    if steps == 0:  # 60 affordable steps: a cut-short test is not trusted, AdamW's usual rate
         assert saved["optim"]["lr"] == 1e-3
         assert not (result.run_dir / "lr_find.json").exists()
         assert any("too short for the lr range test" in n for n in result.notes)
