@@ -23,6 +23,7 @@ from typing import Any
 
 from liandan.config import Config, apply_override
 from liandan.data.fingerprint import Fingerprint
+from liandan.engine.batch_size import pow2_floor
 
 CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
 GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
@@ -112,10 +113,6 @@ def _device(device: str) -> tuple[str, float]:
 
 def _ceil32(x: float) -> int:
     return int(32 * math.ceil(x / 32))
-
-
-def _pow2_floor(x: float) -> int:
-    return int(2 ** math.floor(math.log2(max(x, 1))))
 
 
 def plan_from_fingerprint(
@@ -240,8 +237,8 @@ def plan_from_fingerprint(
     # not below 8 for that: BatchNorm's batch statistics get noisy under ~8 samples
     # (Wu & He 2018), and the epoch count (or the budget) sets the number of steps anyway
     per_sample = per_pixel * size * size * 4 * 2
-    batch = _pow2_floor(min(memory / per_sample, 64 if gpu else (16 if seg else 64)))
-    batch = max(2, min(batch, max(MIN_BN_BATCH, _pow2_floor(max(2, n_train // 4)))))
+    batch = pow2_floor(min(memory / per_sample, 64 if gpu else (16 if seg else 64)))
+    batch = max(2, min(batch, max(MIN_BN_BATCH, pow2_floor(max(2, n_train // 4)))))
     estimate = (
         f"~{per_sample / 2**20:.1f} MB per sample at {size} px (x2 margin) in "
         f"{memory / 2**30:.0f} GB suggests {batch}; at least 4 steps per epoch unless "

@@ -65,7 +65,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _pow2_floor(x: float) -> int:
+def pow2_floor(x: float) -> int:
+    """The largest power of two <= ``x`` (1 for anything below 2)."""
     return int(2 ** math.floor(math.log2(max(x, 1.0))))
 
 
@@ -114,7 +115,7 @@ def with_margin(fitted: int, failed: int | None) -> int:
     if failed is None:
         return fitted  # the cap fitted: no memory limit was met
     batch = int(fitted * MARGIN)
-    batch = batch - batch % 8 if batch >= 8 else _pow2_floor(batch)
+    batch = batch - batch % 8 if batch >= 8 else pow2_floor(batch)
     return max(min(2, fitted), batch)
 
 
@@ -234,8 +235,8 @@ def cpu_batch_size(
     fixed = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
     per_sample = per_sample_bytes(model, in_channels, size)
     room = available * CPU_SHARE - fixed
-    batch = _pow2_floor(room / per_sample) if room >= 2 * per_sample else 2
-    return max(2, min(batch, _pow2_floor(cap))), per_sample
+    batch = pow2_floor(room / per_sample) if room >= 2 * per_sample else 2
+    return max(2, min(batch, pow2_floor(cap))), per_sample
 
 
 def available_memory() -> int:
