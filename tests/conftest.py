@@ -7,6 +7,8 @@ assert more than "it ran", yet stay a few KB and train in seconds on a CPU.
 from __future__ import annotations
 
 import csv
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,22 @@ import pytest
 from PIL import Image
 
 SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def module_tmp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A folder for one test module's shared runs, removed when the module ends.
+
+    Runs write checkpoints of tens of MB; like pytest's own ``tmp_path`` under the
+    ``failed`` retention policy, the folder is kept only when a test of the module failed.
+    """
+    failed_before = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def class_image(rng: np.random.Generator, label: int, size: int = SIZE) -> np.ndarray:

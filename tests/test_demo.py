@@ -17,8 +17,8 @@ SMALL = {"n_train": 6, "n_val": 4, "size": 64, "scene_size": 256}
 
 
 @pytest.fixture(scope="module")
-def seg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_segment_demo(tmp_path_factory.mktemp("seg") / "demo", **SMALL)
+def seg_root(module_tmp: Path) -> Path:
+    return make_segment_demo((module_tmp / "seg") / "demo", **SMALL)
 
 
 def _pngs(folder: Path) -> list[Path]:

@@ -22,15 +22,15 @@ from liandan.predict import predict
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("seg")
+def seg_run(module_tmp: Path) -> Path:
+    root = module_tmp / "seg"
     data = make_pairs(root / "data", n=8)
     return train(data, None, [*FAST_SEG, "train.epochs=1"], out=root / "runs").run_dir
 
 
 @pytest.fixture(scope="module")
-def cls_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cls")
+def cls_run(module_tmp: Path) -> Path:
+    root = module_tmp / "cls"
     data = make_imagefolder(root / "data")
     return train(data, None, [*FAST_CLS, "train.epochs=1"], out=root / "runs").run_dir
 

@@ -36,8 +36,8 @@ CLS_SECTIONS = [*SEG_SECTIONS[:-1], "pr-roc", "top-losses"]
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("seg")
+def seg_run(module_tmp: Path) -> Path:
+    root = module_tmp / "seg"
     data = make_pairs(root / "data", n=10, classes_yaml=CLASSES_YAML)
     args = [*FAST_SEG, *COMMON, "train.epochs=1", "data.val_fraction=0.3"]
     assert main(["train", str(data), *args, "--out", str(root / "runs"), "--name", "s"]) == 0
@@ -45,8 +45,8 @@ def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cls_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cls")
+def cls_run(module_tmp: Path) -> Path:
+    root = module_tmp / "cls"
     names = ("a", "b", "c", "d", "e", "f", "g")  # more than 5 classes: top-5 accuracy
     data = make_imagefolder(root / "data", n_per_class=5, classes=names)
     args = [*FAST_CLS, *COMMON, "data.val_fraction=0.4"]

@@ -41,13 +41,13 @@ _BUNDLES: dict[tuple[Path, tuple[str, ...]], DataBundle] = {}
 
 
 @pytest.fixture(scope="module")
-def seg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pairs(tmp_path_factory.mktemp("seg"))
+def seg_root(module_tmp: Path) -> Path:
+    return make_pairs(module_tmp / "seg")
 
 
 @pytest.fixture(scope="module")
-def cls_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("cls"))
+def cls_root(module_tmp: Path) -> Path:
+    return make_imagefolder(module_tmp / "cls")
 
 
 def _bundle(root: Path, overrides: list[str]) -> tuple[Config, DataBundle]:
@@ -312,9 +312,9 @@ def test_warmup_start_factor_and_plateau_patience() -> None:
 
 # ------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seg_run(module_tmp: Path) -> Path:
     """One run on a dataset with raw mask values 0/100/200, zca, encoder lr x 0.1."""
-    root = tmp_path_factory.mktemp("seg_values")
+    root = module_tmp / "seg_values"
     names = "names: [background, road, roof]\nvalues: [0, 100, 200]\n"
     make_pairs(root, values=(0, 100, 200), classes_yaml=names)
     overrides = [
