@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 import tifffile
-from PIL import Image
+from PIL import Image, ImageOps
 from rasterio.errors import NotGeoreferencedWarning
 
+from liandan.data import readers
 from liandan.data.readers import image_shape, is_image_file, read_image, read_mask
 from liandan.errors import DataError
 
@@ -175,6 +176,47 @@ def test_jpeg_without_orientation_unchanged_shape(tmp_path: Path) -> None:
     Image.fromarray(_rgb(20, 40)).save(tmp_path / "a.jpg")
     assert read_image(tmp_path / "a.jpg").shape == (20, 40, 3)
     assert image_shape(tmp_path / "a.jpg") == (20, 40, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_decoded_by_opencv_equals_pillow_in_every_orientation(
+    tmp_path: Path, orientation: int
+) -> None:
+    arr = _rgb(24, 40)
+    path = _jpeg_with_orientation(tmp_path / "a.jpg", arr, orientation)
+    with Image.open(path) as header:
+        fast = readers._fast_jpeg(path, header)
+    assert fast is not None  # a plain, complete RGB JPEG takes the OpenCV path
+    with Image.open(path) as img:
+        pillow = np.array(ImageOps.exif_transpose(img))
+    assert fast.shape == pillow.shape
+    # both decode with libjpeg(-turbo); rounding in colour conversion may differ by 1
+    assert np.abs(fast.astype(int) - pillow.astype(int)).max() <= 1
+    np.testing.assert_array_equal(read_image(path), fast)
+
+
+def test_grey_jpeg_keeps_one_band(tmp_path: Path) -> None:
+    grey = _rgb(16, 24)[..., 0]
+    Image.fromarray(grey).save(tmp_path / "g.jpg", quality=95)
+    out = read_image(tmp_path / "g.jpg")
+    assert out.shape == (16, 24, 1) and out.dtype == np.uint8
+    assert np.abs(out[..., 0].astype(int) - np.array(Image.open(tmp_path / "g.jpg"))).max() <= 1
+
+
+def test_cmyk_jpeg_goes_to_pillow_and_comes_back_rgb(tmp_path: Path) -> None:
+    Image.fromarray(_rgb(16, 16)).convert("CMYK").save(tmp_path / "c.jpg")
+    with Image.open(tmp_path / "c.jpg") as header:
+        assert readers._fast_jpeg(tmp_path / "c.jpg", header) is None
+    assert read_image(tmp_path / "c.jpg").shape == (16, 16, 3)
+
+
+def test_jpeg_cut_just_before_its_end_marker_is_still_an_error(tmp_path: Path) -> None:
+    # OpenCV decodes this with a warning and grey-fills what is missing: it must not.
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(_rgb(64, 64)).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match=r"cut\.jpg"):
+        read_image(path)
 
 
 def test_truncated_jpeg_is_data_error_naming_file(tmp_path: Path) -> None:
