@@ -74,9 +74,12 @@ def test_out_of_memory_errors_are_recognised():
 
 def test_cap_per_task_device_and_training_set():
     assert B.batch_cap("classify", 100_000, gpu=True) == 256
-    assert B.batch_cap("segment", 100_000, gpu=False) == 32
-    assert B.batch_cap("classify", 200, gpu=True) == 25  # at least 8 steps per epoch
-    assert B.batch_cap("segment", 5, gpu=True) == 2
+    assert B.batch_cap("segment", 100_000, gpu=False) == 16
+    assert B.batch_cap("classify", 200, gpu=True) == 32  # at least 4 steps per epoch
+    assert B.batch_cap("classify", 40, gpu=True) == 8  # 4 steps would be batches of 10 -> 8
+    assert B.batch_cap("classify", 20, gpu=True) == 8  # not below 8 for BatchNorm's sake
+    assert B.batch_cap("segment", 5, gpu=True) == 5  # never more than the training set
+    assert B.batch_cap("segment", 1, gpu=False) == 2
 
 
 # ------------------------------------------------------------------ the estimate
@@ -116,10 +119,10 @@ def test_auto_is_resolved_before_the_loaders(tmp_path: Path, caplog):
     cfg.data.root = data
     with caplog.at_level(logging.INFO, logger="liandan"):
         bundle = build_data(cfg)
-    assert cfg.train.batch_size == 8  # 64 // 8: eight steps per epoch; memory allows more
-    assert bundle.train_loader.batch_size == 8
-    assert any(n.startswith("train.batch_size=auto: 8 (") for n in bundle.notes)
-    assert "train.batch_size=auto: 8" in caplog.text
+    assert cfg.train.batch_size == 16  # 64 // 4: four steps per epoch; memory allows more
+    assert bundle.train_loader.batch_size == 16
+    assert any(n.startswith("train.batch_size=auto: 16 (") for n in bundle.notes)
+    assert "train.batch_size=auto: 16" in caplog.text
 
 
 def test_auto_on_rasters_measures_at_the_tile_size(tmp_path: Path):

@@ -24,7 +24,7 @@ from liandan import api
 from liandan.config import Config
 from liandan.data.samplers import EvalShardSampler
 from liandan.engine.checkpoint import load_checkpoint_file
-from liandan.engine.trainer import is_first_process, resolve_distributed
+from liandan.engine.distributed import is_first_process, resolve_distributed
 from liandan.errors import ConfigError
 from liandan.runs import load_model
 
@@ -158,7 +158,7 @@ def test_rank_and_strategy_come_from_the_launch(monkeypatch: pytest.MonkeyPatch)
 def test_other_ranks_find_the_run_folder_of_their_own_launch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    import liandan.engine.trainer as trainer_module
+    import liandan.engine.distributed as distributed
     from liandan.errors import LiandanError
     from liandan.runs import create_run_dir
 
@@ -166,12 +166,12 @@ def test_other_ranks_find_the_run_folder_of_their_own_launch(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(trainer_module, "FOLLOW_WAIT_S", 0.5)
+    monkeypatch.setattr(distributed, "FOLLOW_WAIT_S", 0.5)
     out = tmp_path / "runs"
     create_run_dir(out, "r")  # an earlier run took the name: this launch gets r-2
 
     monkeypatch.setenv("RANK", "0")
-    made = trainer_module.shared_run_dir(out, "r", 1000.0, lambda: create_run_dir(out, "r"))
+    made = distributed.shared_run_dir(out, "r", 1000.0, lambda: create_run_dir(out, "r"))
     assert made.name == "r-2"
     # rank 0 left "its pid:folder" for the processes Lightning launches from it; another
     # launch inheriting that environment (its parent is not rank 0) must not use it
@@ -180,15 +180,15 @@ def test_other_ranks_find_the_run_folder_of_their_own_launch(
     monkeypatch.setenv("RANK", "1")
     never = lambda: pytest.fail("only rank 0 makes a folder")  # noqa: E731
     monkeypatch.setenv("LIANDAN_RUN_DIR", f"{os.getpid()}:{tmp_path / 'stale'}")
-    assert trainer_module.shared_run_dir(out, "r", 1010.0, never) == made
+    assert distributed.shared_run_dir(out, "r", 1010.0, never) == made
     monkeypatch.setenv("LIANDAN_RUN_DIR", f"{os.getppid()}:{tmp_path / 'launched'}")
-    assert trainer_module.shared_run_dir(out, "r", 1010.0, never) == tmp_path / "launched"
+    assert distributed.shared_run_dir(out, "r", 1010.0, never) == tmp_path / "launched"
     monkeypatch.delenv("LIANDAN_RUN_DIR")
     with pytest.raises(LiandanError, match="rank 0's run folder"):  # an earlier launch's note
-        trainer_module.shared_run_dir(out, "r", 5000.0, never)
+        distributed.shared_run_dir(out, "r", 5000.0, never)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")
     with pytest.raises(LiandanError):  # another launch's note
-        trainer_module.shared_run_dir(out, "r", 1010.0, never)
+        distributed.shared_run_dir(out, "r", 1010.0, never)
     monkeypatch.setenv("RANK", "0")
-    trainer_module.release_run_dir(out, "r")
+    distributed.release_run_dir(out, "r")
     assert sorted(p.name for p in out.iterdir()) == ["r", "r-2"]

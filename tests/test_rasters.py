@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from sklearn.metrics import confusion_matrix
 
 from conftest import FAST_SEG, write_geotiff
 from liandan.config import Config
@@ -187,7 +189,7 @@ def test_geopackage_and_shapefile_labels_read_like_geojson(
 
 
 @pytest.mark.slow
-def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path) -> None:
+def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path, monkeypatch) -> None:
     from liandan.api import evaluate, train
     from liandan.predict import predict
 
@@ -214,6 +216,36 @@ def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path) -> None:
     out = predict(result.run_dir, [root / "images" / "scene.tif"], out=tmp_path / "maps")
     with rasterio.open(out.files[0]) as pred:
         assert pred.transform == TRANSFORM and (pred.read(1)[:, :20] == 255).all()
+        predicted = pred.read(1)
+
+    # --split test scores whole test rasters streamed as predict does, never read whole
+    split_root = tmp_path / "splits"
+    for split in ("train", "val", "test"):
+        for folder in ("images", "masks"):
+            (split_root / split / folder).mkdir(parents=True)
+            shutil.copy(root / folder / "scene.tif", split_root / split / folder / "scene.tif")
+
+    def whole(*args, **kwargs):
+        raise AssertionError("a raster was read whole")
+
+    monkeypatch.setattr("liandan.data.datasets.read_image", whole)
+    monkeypatch.setattr("liandan.report.samples.read_mask", whole)
+    monkeypatch.setattr("liandan.data.scan.read_image", whole)
+    monkeypatch.setattr("liandan.data.scan.read_mask", whole)
+    scored = evaluate(result.run_dir, split_root, split="test")
+    assert (result.run_dir / "metrics_test.json").is_file()
+    with rasterio.open(root / "masks" / "scene.tif") as truth_file:
+        truth = truth_file.read(1)
+    counted = predicted != 255  # the nodata collar is not counted
+    expected = confusion_matrix(truth[counted], predicted[counted], labels=[0, 1, 2])
+    assert scored["confusion_matrix"] == expected.tolist()
+    assert np.sum(scored["confusion_matrix"]) == 150 * 110
+    # spatial split: train rows and validation rows, each predicted on its own, together
+    # count every pixel with data once
+    everything = evaluate(result.run_dir, split="all")
+    assert np.sum(everything["confusion_matrix"]) == 150 * 110
+    train_rows = evaluate(result.run_dir, split="train")
+    assert np.sum(train_rows["confusion_matrix"]) == (150 - 30) * 110  # val_fraction 0.2
 
 
 def test_label_raster_on_a_coarser_grid_is_warped_when_asked(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def train(
     >>> result.metrics["overall"]["mean_iou"]  # doctest: +SKIP
     0.81
     """
-    from liandan.engine.trainer import (
+    from liandan.engine.distributed import (
         follower_config,
         is_first_process,
         release_run_dir,
@@ -203,8 +203,9 @@ def train_into(
     """Train into an existing run folder (used by ``train``, ``resume`` and ``demo``)."""
     from liandan.engine.batch_size import fit_retrying_oom
     from liandan.engine.checkpoint import load_checkpoint_file
+    from liandan.engine.distributed import is_first_process, resolve_distributed
     from liandan.engine.task import LiandanTask
-    from liandan.engine.trainer import build_trainer, is_first_process, resolve_distributed
+    from liandan.engine.trainer import build_trainer
 
     lead = is_first_process()  # DDP ranks > 0 train, but write nothing in the run folder
     start = time.perf_counter()
@@ -398,21 +399,28 @@ def _evaluate(
     if data is not None:
         cfg.data.root = Path(data)
     classes = classes_from_meta(meta)
-    if bundle is None and split == "val" and meta["task"] == "segment":
-        from liandan.data.rasters import raster_bundle
-
-        bundle = raster_bundle(cfg, classes)  # rasters: the same validation tile grid
-    if bundle is not None:
-        checked, splits = bundle.checked, bundle.splits
-    else:
-        checked, splits = rebuild_splits(cfg, classes)
-    samples = pick_split(splits, split)
     predictor = Predictor.from_run(run, tile=cfg.predict.tile, overlap=cfg.predict.overlap)
-    raster_val = getattr(bundle.val_loader.dataset, "evaluate_with", None) if bundle else None
-    if raster_val is not None and split == "val":  # rasters: the validation tile grid
-        results = raster_val(predictor)
-    else:
-        results = evaluate_samples(predictor, checked, samples, bands=cfg.data.bands)
+    results = None
+    if bundle is None and split != "val" and meta["task"] == "segment":
+        from liandan.raster_eval import evaluate_raster_split
+
+        # rasters: whole files streamed band by band (None: not a raster dataset)
+        results = evaluate_raster_split(cfg, classes, split, predictor)
+    if results is None:
+        if bundle is None and split == "val" and meta["task"] == "segment":
+            from liandan.data.rasters import raster_bundle
+
+            bundle = raster_bundle(cfg, classes)  # rasters: the same validation tile grid
+        if bundle is not None:
+            checked, splits = bundle.checked, bundle.splits
+        else:
+            checked, splits = rebuild_splits(cfg, classes)
+        samples = pick_split(splits, split)
+        raster_val = getattr(bundle.val_loader.dataset, "evaluate_with", None) if bundle else None
+        if raster_val is not None and split == "val":  # rasters: the validation tile grid
+            results = raster_val(predictor)
+        else:
+            results = evaluate_samples(predictor, checked, samples, bands=cfg.data.bands)
     metrics = compute_metrics(results.confusion, classes.names, task=meta["task"], split=split)
     add_extras(metrics, results.extras())
     if write:

@@ -23,12 +23,11 @@ from typing import Any
 
 from liandan.config import Config, apply_override
 from liandan.data.fingerprint import Fingerprint
-from liandan.engine.batch_size import pow2_floor
+from liandan.engine.batch_size import MIN_BN_BATCH, MIN_STEPS, batch_cap, pow2_floor
 
 CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
 GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
 MAX_EPOCHS = 300  # upper bound when a time budget decides the length
-MIN_BN_BATCH = 8  # smallest batch the steps-per-epoch rule may choose (BatchNorm)
 UPRIGHT_SHIFT = 0.1  # class-mix distance top vs bottom above which scenes are upright
 # Training memory per input pixel and sample, in float32 values (activations + gradients),
 # rough figures measured with torch.cuda.max_memory_allocated at 256 px; x2 safety margin.
@@ -233,16 +232,15 @@ def plan_from_fingerprint(
         put("augment.scale", [0.5, 1.0], f"images ({side} px) are larger than the input "
             f"({size} px): random crops of half to all of the area add scale variety")  # fmt: skip
 
-    # batch size: memory estimate with a 2x margin; a few steps per epoch at least, but
-    # not below 8 for that: BatchNorm's batch statistics get noisy under ~8 samples
-    # (Wu & He 2018), and the epoch count (or the budget) sets the number of steps anyway
+    # batch size: memory estimate with a 2x margin, within the rule `auto` uses too
+    # (engine.batch_size.batch_cap: per-device caps, a few steps per epoch)
     per_sample = per_pixel * size * size * 4 * 2
-    batch = pow2_floor(min(memory / per_sample, 64 if gpu else (16 if seg else 64)))
-    batch = max(2, min(batch, max(MIN_BN_BATCH, pow2_floor(max(2, n_train // 4)))))
+    cap = batch_cap("segment" if seg else "classify", n_train, gpu=gpu)
+    batch = max(2, pow2_floor(min(memory / per_sample, cap)))
     estimate = (
         f"~{per_sample / 2**20:.1f} MB per sample at {size} px (x2 margin) in "
-        f"{memory / 2**30:.0f} GB suggests {batch}; at least 4 steps per epoch unless "
-        f"that means fewer than {MIN_BN_BATCH} samples for BatchNorm's statistics"
+        f"{memory / 2**30:.0f} GB suggests {batch}; at least {MIN_STEPS} steps per epoch "
+        f"unless that means fewer than {MIN_BN_BATCH} samples for BatchNorm's statistics"
     )
     if gpu:  # the GPU measures it when training starts: the largest batch that fits
         put("train.batch_size", "auto", f"probed on the GPU when training starts; {estimate}")

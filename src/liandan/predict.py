@@ -291,18 +291,26 @@ class Predictor:
                 norm[row : row + win_h, c : c + win_w] += weight
         self.stats.tiles += len(todo)
 
-    def predict_raster(self, path: str | Path, writer: Any) -> StreamStats:
-        """Stream a raster through the model into ``writer.write(top, probs, valid)``."""
+    def predict_raster(
+        self, path: str | Path, writer: Any, rows: tuple[int, int] | None = None
+    ) -> StreamStats:
+        """Stream a raster through the model into ``writer.write(top, probs, valid)``.
+
+        ``rows`` limits it to rows ``[start, stop)`` (the model sees nothing outside
+        them); ``top`` is always a row of the file.
+        """
         from liandan.predict_outputs import open_raster
 
         path = Path(path)
         with open_raster(path) as src:
             indexes = self.check_raster(src, path)
             width = src.width
+            start, stop = rows or (0, src.height)
 
             def read(top: int, n: int) -> tuple[np.ndarray, np.ndarray]:
                 from rasterio.windows import Window
 
+                top += start
                 window = Window(0, top, width, n)
                 try:
                     raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
@@ -318,8 +326,8 @@ class Predictor:
                 x[~valid] = 0.0  # nodata -> the normalized mean, not e.g. -9999 scaled
                 return x, valid
 
-            for top, probs, valid in self.stream(read, src.height, width):
-                writer.write(top, probs, valid)
+            for top, probs, valid in self.stream(read, stop - start, width):
+                writer.write(start + top, probs, valid)
         return self.stats
 
     def check_raster(self, src: Any, path: Path) -> list[int]:

@@ -309,14 +309,25 @@ class RasterTiles(Dataset):
                 where=s.image,
                 hint="the file is damaged: check it with gdalinfo -checksum",
             ) from None
-        if s.target in self.polygons:
-            mask = self._rasterize(s.target, src.window_transform(window), (h, w))
-        else:
-            mask = self.mapper.map(self._label_src(s.target, src).read(1, window=window))
-            mask[mask == MaskMapper.UNKNOWN] = -1
-        mask = mask.astype(np.int64)
+        mask = self.read_label(s, window)
         mask[~valid] = -1  # nodata is ignored in the loss and the metrics
         return image, mask
+
+    def read_label(self, sample: Sample, window: Any) -> np.ndarray:
+        """``(h, w)`` int64 class indices of a window of the image's grid (-1 unknown).
+
+        Label rasters are read through the same window (warped onto the image grid with
+        ``data.align: warp``); polygons are rasterized onto it. Nodata is not applied.
+        """
+        assert isinstance(sample.target, Path)
+        src = self._src(sample.image)
+        shape = (int(window.height), int(window.width))
+        if sample.target in self.polygons:
+            mask = self._rasterize(sample.target, src.window_transform(window), shape)
+        else:
+            mask = self.mapper.map(self._label_src(sample.target, src).read(1, window=window))
+            mask[mask == MaskMapper.UNKNOWN] = -1
+        return mask.astype(np.int64)
 
     def _label_src(self, path: Path, image_src: Any) -> Any:
         key = path.with_name(path.name + "#warped") if self.warp else path

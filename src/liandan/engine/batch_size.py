@@ -16,8 +16,9 @@ reproduces it. Two ways to find it:
   the parameter bytes. The batch is the largest power of two whose total fits in half
   of the available memory (``MemAvailable``).
 
-Both are capped: 256 images (classify) or 64 tiles (segment) on a GPU, 128 / 32 on a
-CPU, and at most an eighth of the training set, so an epoch has at least 8 steps.
+Both are capped by :func:`batch_cap`, the rule ``liandan plan`` uses too: 256 images
+(classify) or 64 tiles (segment) on a GPU, 64 / 16 on a CPU, and a power of two leaving
+at least 4 steps per epoch, though not below 8 (BatchNorm) for that.
 
 An out-of-memory error during the first epoch of ``trainer.fit`` (no checkpoint yet)
 halves the batch, rebuilds the loaders and starts training again, at most
@@ -49,8 +50,12 @@ log = logging.getLogger("liandan")
 MARGIN = 0.8  # GPU: keep 20% of the largest batch that fitted for fragmentation, validation
 CPU_SHARE = 0.5  # CPU: the estimate must fit in half the available memory (2x margin)
 GPU_CAP = {"classify": 256, "segment": 64}
-CPU_CAP = {"classify": 128, "segment": 32}
-MIN_STEPS = 8  # an epoch keeps at least this many optimizer steps
+# On a CPU, throughput stops growing at small batches while each step gets slower
+CPU_CAP = {"classify": 64, "segment": 16}
+MIN_STEPS = 4  # an epoch keeps at least this many optimizer steps ...
+# ... unless that leaves fewer samples than this for BatchNorm's batch statistics, which
+# get noisy below ~8 (Wu & He 2018); the epoch count or the budget sets the steps anyway
+MIN_BN_BATCH = 8
 MAX_RETRIES = 3  # out-of-memory retries, each with half the batch
 T = TypeVar("T")
 
@@ -71,9 +76,15 @@ def pow2_floor(x: float) -> int:
 
 
 def batch_cap(task: str, n_train: int, *, gpu: bool) -> int:
-    """The largest batch considered: per task and device, and ``MIN_STEPS`` per epoch."""
+    """The largest batch a plan or ``auto`` chooses; memory may make it smaller.
+
+    Per task and device (``GPU_CAP``, ``CPU_CAP``); a power of two leaving at least
+    ``MIN_STEPS`` steps per epoch, but not below ``MIN_BN_BATCH`` for that; never more
+    than the training set.
+    """
     cap = (GPU_CAP if gpu else CPU_CAP)[task]
-    return max(2, min(cap, n_train // MIN_STEPS))
+    per_epoch = max(MIN_BN_BATCH, pow2_floor(n_train // MIN_STEPS))
+    return max(2, min(cap, per_epoch, n_train))
 
 
 # ---------------------------------------------------------------- GPU: the probe
