@@ -158,6 +158,32 @@ def test_normalizer_round_trip_gives_identical_output(preset: str) -> None:
     np.testing.assert_array_equal(again(test), norm(test))
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_channel_first_output_equals_the_transposed_call(preset: str, dtype) -> None:
+    images = [_image(dtype, seed=s) for s in range(3)]
+    norm = fit_normalizer(preset, images)
+    test = _image(dtype, seed=9)
+    chw = norm.to_chw(test)
+    assert chw.dtype == np.float32 and chw.flags.c_contiguous
+    np.testing.assert_array_equal(chw, norm(test).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("preset", ["dataset", "imagenet", "vgg", "unit"])
+def test_affine_presets_match_their_formulas(preset: str) -> None:
+    images = [_image(np.uint16, seed=s) for s in range(3)]
+    norm = fit_normalizer(preset, images)
+    x = _image(np.uint16, seed=9).astype(np.float64)
+    mean, std, scale = np.asarray(norm.mean), np.asarray(norm.std), norm.scale
+    expected = {
+        "dataset": lambda: (x - mean) / std,
+        "imagenet": lambda: (x / scale - mean) / std,
+        "vgg": lambda: x[..., ::-1] * 255.0 / scale - mean,
+        "unit": lambda: x / scale,
+    }[preset]()
+    np.testing.assert_allclose(norm(x.astype(np.uint16)), expected, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------ augmentation
 def _rule_image(seed: int, h: int = 24, w: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """An image whose mask follows from its pixels: mask = image[..., 0] > 128."""

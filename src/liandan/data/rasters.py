@@ -406,9 +406,9 @@ class RasterTiles(Dataset):
         else:
             image, mask = self.read(*self.windows[i])
         out = self.augment(image=image.astype(np.float32), mask=mask)
-        x = self.normalizer(out["image"])
+        x = self.normalizer.to_chw(out["image"])
         target = torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), target
+        return torch.from_numpy(x), target
 
     def load_mask(self, path: Path) -> np.ndarray:
         """A decimated (at most ~1024 px a side) mask of one raster, for class counts."""
