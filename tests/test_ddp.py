@@ -105,6 +105,41 @@ def test_ddp_spawn_from_the_api_counts_each_image_once(tmp_path: Path):
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["spawn"]
 
 
+def test_fewer_validation_samples_than_processes_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    # one validation image for two processes: one rank would skip validation and the
+    # other wait for it in the confusion-matrix sum forever
+    data = make_pairs(tmp_path / "data", n=6)
+    overrides = [
+        *FAST_SEG,
+        "data.val_fraction=0.1",
+        "train.accelerator=cpu",
+        "train.devices=2",
+        "train.strategy=ddp_spawn",
+    ]
+    from liandan.cli import main
+
+    rc = main(["train", str(data), *overrides, "--out", str(tmp_path / "runs"), "--no-plan"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "each process needs at least one" in err and "data.val_fraction" in err
+    assert "Traceback" not in err
+    run = next((tmp_path / "runs").iterdir())
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_validation_shard_check_counts_processes():
+    from liandan.engine.distributed import check_validation_shards
+    from liandan.errors import DataError
+
+    two = Config.load(None, ["train.accelerator=cpu", "train.devices=2"])
+    with pytest.raises(DataError, match=r"1 sample.*2 training processes"):
+        check_validation_shards(two, 1)
+    check_validation_shards(two, 2)
+    check_validation_shards(Config.load(None, ["train.accelerator=cpu"]), 1)
+
+
 @pytest.mark.slow
 def test_compiled_training_exports_plain_weights(tmp_path: Path):
     """train.compile on CPU: the network runs compiled and its weights load uncompiled."""

@@ -203,13 +203,18 @@ def train_into(
     """Train into an existing run folder (used by ``train``, ``resume`` and ``demo``)."""
     from liandan.engine.batch_size import fit_retrying_oom
     from liandan.engine.checkpoint import load_checkpoint_file
-    from liandan.engine.distributed import is_first_process, resolve_distributed
+    from liandan.engine.distributed import (
+        check_validation_shards,
+        is_first_process,
+        resolve_distributed,
+    )
     from liandan.engine.task import LiandanTask
     from liandan.engine.trainer import build_trainer
 
     lead = is_first_process()  # DDP ranks > 0 train, but write nothing in the run folder
     start = time.perf_counter()
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    check_validation_shards(cfg, len(bundle.val_loader.dataset))  # type: ignore[arg-type]
     resolve_auto(cfg, bundle)
     probe = None  # step timing: measured once for the lr range test's cap and the budget
     if cfg.optim.lr == "auto":  # the lr range test, written resolved into config.yaml

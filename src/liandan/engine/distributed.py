@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from liandan.config import Config
-from liandan.errors import ConfigError, LiandanError
+from liandan.errors import ConfigError, DataError, LiandanError
 
 RUN_DIR_ENV = "LIANDAN_RUN_DIR"  # rank 0's run folder, inherited by processes it launches
 FOLLOW_WAIT_S = 3600.0  # how long other ranks wait for rank 0's folder and config
@@ -193,6 +193,24 @@ def process_count(cfg: Config) -> int:
     if devices == "auto":  # Lightning's auto: every visible GPU, else one CPU process
         devices = max(1, torch.cuda.device_count()) if _gpu(cfg) else 1
     return int(devices) * nodes
+
+
+def check_validation_shards(cfg: Config, n_val: int) -> None:
+    """Refuse a run whose validation set has fewer samples (tiles) than processes.
+
+    Each process validates its own share (:class:`~liandan.data.samplers.EvalShardSampler`);
+    one with nothing to validate would skip validation and leave the others waiting for
+    it in the confusion-matrix sum forever.
+    """
+    count = process_count(cfg)
+    if count > 1 and n_val < count:
+        raise DataError(
+            f"the validation split has {n_val} sample(s) for {count} training processes: "
+            "each process needs at least one",
+            where="data.val_fraction",
+            hint="add validation samples (a val/ folder or a larger data.val_fraction), "
+            "or train on fewer devices (train.devices)",
+        )
 
 
 def resolve_distributed(cfg: Config) -> None:
