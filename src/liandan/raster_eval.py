@@ -77,17 +77,13 @@ def evaluate_raster_split(
         split: ``train``, ``val``, ``test`` or ``all``.
         predictor: the run's predictor (tile size, overlap, blending of ``predict``).
     """
-    from liandan.data.layouts import find_samples
-    from liandan.data.rasters import RasterTiles, check_rasters, wants_tiles
+    from liandan.data.rasters import RasterTiles, check_rasters, raster_index
     from liandan.metrics import ConfusionMatrix
     from liandan.report.samples import SampleResults
 
-    if cfg.data.root is None:
+    index = raster_index(cfg, classes)
+    if index is None:
         return None
-    index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
-    if not wants_tiles(index, cfg.data.max_image_size):
-        return None
-    index.classes = classes
     checked = check_rasters(index, cfg)
     regions = split_regions(cfg, index, split)
     tiles = RasterTiles(regions, checked, cfg, None, None, train=False)

@@ -548,8 +548,8 @@ def build_raster_data(cfg: Config, index: DatasetIndex) -> DataBundle:
     return DataBundle(checked, splits, normalizer, train_loader, val_loader, list(index.notes))
 
 
-def raster_bundle(cfg: Config, classes: ClassSpec) -> DataBundle | None:
-    """The tile bundle of ``cfg.data.root`` for evaluation, or None if it is not rasters."""
+def raster_index(cfg: Config, classes: ClassSpec) -> DatasetIndex | None:
+    """The index of ``cfg.data.root`` with the model's classes, or None if not rasters."""
     from liandan.data.layouts import find_samples
 
     if cfg.data.root is None:
@@ -558,4 +558,10 @@ def raster_bundle(cfg: Config, classes: ClassSpec) -> DataBundle | None:
     if not wants_tiles(index, cfg.data.max_image_size):
         return None
     index.classes = classes
-    return build_raster_data(cfg, index)
+    return index
+
+
+def raster_bundle(cfg: Config, classes: ClassSpec) -> DataBundle | None:
+    """The tile bundle of ``cfg.data.root`` for evaluation, or None if it is not rasters."""
+    index = raster_index(cfg, classes)
+    return None if index is None else build_raster_data(cfg, index)
