@@ -340,3 +340,28 @@ def test_eval_resize_then_centre_crop() -> None:
     np.testing.assert_allclose(out, eval_resize_crop(img, 28, 256 / 224))
     plain = build_augment(AugmentConfig(), task="classify", image_size=28, train=False)
     assert out[:, 0, 0].mean() < plain(image=img)["image"][:, 0, 0].mean()
+
+
+def test_brightness_contrast_in_the_training_set_is_reproducible_from_the_seed(
+    tmp_path,
+) -> None:
+    from conftest import FAST_CLS, make_imagefolder
+    from liandan.config import Config
+    from liandan.data.datamodule import build_data
+
+    cfg = Config.load(None, [*FAST_CLS, "augment.brightness_contrast=0.5"])
+    cfg.data.root = make_imagefolder(tmp_path / "data")
+    dataset = build_data(cfg).train_loader.dataset
+
+    def items(seed: int) -> list[np.ndarray]:
+        np.random.seed(seed)  # what seed_everything does in the process and each worker
+        dataset.augment.reset()
+        return [dataset[i][0].numpy() for i in range(len(dataset))]
+
+    first, again = items(0), items(0)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    dataset.bc_p = 0.0
+    plain = items(0)
+    changed = sum(not np.array_equal(a, b) for a, b in zip(first, plain, strict=True))
+    assert 0 < changed < len(plain)  # applied to some samples, not all (p = 0.5)

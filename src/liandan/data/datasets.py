@@ -88,8 +88,12 @@ class SampleDataset(Dataset):
             assert isinstance(sample.target, int)
             target = torch.tensor(sample.target, dtype=torch.int64)
         x = self.normalizer.to_chw(image)
-        if self.bc_p and np.random.random() < self.bc_p:
-            x = brightness_contrast(x, np.random.default_rng())  # the same for every band
+        if self.bc_p:
+            # seeded like the rest: numpy's global state is seeded per run and per loader
+            # worker (seed_everything), and the sample index tells samples apart
+            rng = np.random.default_rng((np.random.randint(2**31), i))
+            if rng.random() < self.bc_p:
+                x = brightness_contrast(x, rng)  # the same for every band
         return torch.from_numpy(x), target
 
 
