@@ -1,8 +1,8 @@
 """Read images and masks from disk, keeping their values.
 
 PNG/JPEG/BMP/WebP go through Pillow (EXIF orientation applied, 16-bit kept), except
-that complete 8-bit RGB or grey JPEGs are decoded by OpenCV, about 1.5x faster than
-Pillow on this project's benchmark (benchmarks/input_pipeline.py); TIFF and
+that complete 8-bit RGB or grey JPEGs are decoded by OpenCV, 1.2-1.6x faster than
+Pillow on this machine (benchmarks/input_pipeline.py, RESULTS.md); TIFF and
 any other GDAL-readable raster (VRT, JP2, IMG ...) through rasterio, so 16-bit,
 float32 and many-band files keep their dtype and every band. Images come back as
 ``(H, W, C)`` arrays in their own dtype; masks as ``(H, W)`` (or ``(H, W, 3)`` for
