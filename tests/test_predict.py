@@ -281,3 +281,42 @@ def test_a_truncated_raster_is_a_data_error_and_leaves_no_output(tmp_path: Path)
     with pytest.raises(DataError, match="cannot read rows"):
         stream_to(predictor, scene, tmp_path / "out.tif")
     assert [p.name for p in tmp_path.iterdir()] == ["scene.tif"]
+
+
+def test_bf16_prediction_runs_under_autocast_and_agrees_with_float32(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    image = smooth_scene(rng, 3, 96, 96)
+    scene = write_raster(tmp_path / "scene.tif", image)
+    fp32 = stream_to(balanced_predictor(image, tile=64), scene, tmp_path / "fp32.tif")
+    bf16 = stream_to(
+        balanced_predictor(image, tile=64, precision="bf16"), scene, tmp_path / "bf16.tif"
+    )
+    assert fp32.autocast is None and bf16.autocast is torch.bfloat16
+    x = np.moveaxis(image, 0, -1)
+    p32, p16 = fp32.predict_array(x), bf16.predict_array(x)
+    assert p16.dtype == np.float32  # softmax in float32 whatever the autocast dtype
+    # bf16 keeps 8 bits of mantissa: the probabilities move (autocast really ran) ...
+    assert 1e-4 < np.abs(p32 - p16).max() < 0.05
+    # ... and the maps agree but for pixels at the decision boundary
+    with rasterio.open(tmp_path / "fp32.tif") as a, rasterio.open(tmp_path / "bf16.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() >= 0.99
+
+
+def test_precision_auto_is_bf16_or_fp16_on_a_gpu_and_float32_on_the_cpu(monkeypatch) -> None:
+    from liandan.errors import ConfigError
+    from liandan.predict import inference_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inference_dtype("auto", cpu) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert inference_dtype("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert inference_dtype("auto", cuda) is torch.float16
+    assert inference_dtype("32", cuda) is None
+    assert inference_dtype("bf16", cpu) is torch.bfloat16
+    assert inference_dtype("16", cuda) is torch.float16
+    assert inference_dtype("bf16", cuda, exported=True) is None  # exports run as exported
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        inference_dtype("16", cpu)
+    with pytest.raises(ConfigError, match=r"predict\.precision: unknown precision"):
+        inference_dtype("fp8", cpu)

@@ -404,7 +404,9 @@ def _evaluate(
     if data is not None:
         cfg.data.root = Path(data)
     classes = classes_from_meta(meta)
-    predictor = Predictor.from_run(run, tile=cfg.predict.tile, overlap=cfg.predict.overlap)
+    predictor = Predictor.from_run(
+        run, tile=cfg.predict.tile, overlap=cfg.predict.overlap, precision=cfg.predict.precision
+    )
     results = None
     if bundle is None and split != "val" and meta["task"] == "segment":
         from liandan.raster_eval import evaluate_raster_split

@@ -206,6 +206,9 @@ def predict(
     min_area: Annotated[float, typer.Option(help="smallest polygon kept, in pixels")] = 0.0,
     cog: Annotated[bool, typer.Option("--cog", help="rasters: Cloud-Optimized GeoTIFF")] = False,
     batch_size: Annotated[int, typer.Option(help="tiles per batch")] = 8,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on a GPU, float32 on the CPU), 32, bf16 or 16")
+    ] = "auto",
 ) -> None:
     """Predict images or rasters with a trained run (rasters are streamed, any size)."""
     from liandan.predict import predict as run_predict
@@ -216,6 +219,8 @@ def predict(
         raise BadParameter("must be in [0, 1)", param_hint="--overlap")
     if vector not in (None, "geojson", "gpkg"):
         raise BadParameter("must be geojson or gpkg", param_hint="--vector")
+    if precision not in ("auto", "32", "bf16", "16"):
+        raise BadParameter("must be auto, 32, bf16 or 16", param_hint="--precision")
     result = run_predict(
         run,
         inputs,
@@ -225,6 +230,7 @@ def predict(
         blend=blend,
         tta=tta,
         batch_size=batch_size,
+        precision=precision,
         probs=probs,
         vector=vector,
         min_area=min_area,

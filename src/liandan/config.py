@@ -161,6 +161,7 @@ class PredictConfig(Section):
     blend: Literal["gaussian", "hann", "none"] = "gaussian"
     tta: bool = False
     batch_size: int = Field(8, ge=1)
+    precision: Literal["auto", "32", "bf16", "16"] = "auto"
 
 
 class Config(Section):

@@ -89,6 +89,8 @@ DESCRIPTIONS = {
     "window, or flat",
     "predict.tta": "test-time augmentation: average the predictions over flips",
     "predict.batch_size": "tiles per batch",
+    "predict.precision": "auto: bf16 autocast (fp16 on older GPUs) and channels_last on a "
+    "GPU, float32 on the CPU; also used by evaluate and the report",
 }
 
 

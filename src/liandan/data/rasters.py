@@ -524,6 +524,7 @@ def build_raster_data(cfg: Config, index: DatasetIndex) -> DataBundle:
         collate_fn=pad_collate,
         worker_init_fn=_seed_worker,
         persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),  # as the image loader: async host-to-GPU copies
     )
     generator = torch.Generator().manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)

@@ -97,7 +97,9 @@ def write_report(
         checked, splits = bundle.checked, bundle.splits
     else:
         checked, splits = rebuild_splits(cfg, classes_from_meta(meta))
-    predictor = Predictor.from_run(run, tile=cfg.predict.tile, overlap=cfg.predict.overlap)
+    predictor = Predictor.from_run(
+        run, tile=cfg.predict.tile, overlap=cfg.predict.overlap, precision=cfg.predict.precision
+    )
     if results is None:
         val = pick_split(splits, "val")
         results = evaluate_samples(predictor, checked, val, bands=cfg.data.bands)
