@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from liandan.callable_module import make_callable
 from liandan.config import Config, apply_override
 from liandan.data.fingerprint import Fingerprint
 from liandan.engine.batch_size import MIN_BN_BATCH, MIN_STEPS, batch_cap, pow2_floor
@@ -354,11 +353,4 @@ def _written(user: dict[str, Any], key: str) -> bool:
     return True
 
 
-class _CallableModule(types.ModuleType):
-    """``liandan.plan(...)`` calls :func:`plan` (the module and the function share a name)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return plan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "plan")  # liandan.plan(...) calls plan() even once imported

@@ -22,8 +22,6 @@ import logging
 import math
 import os
 import re
-import sys
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any, Literal
 
 import lightning as L
 
+from liandan.callable_module import make_callable
 from liandan.config import Config, apply_override, read_yaml
 from liandan.errors import ConfigError, LiandanError, TrainingStopped
 from liandan.runs import atomic_write_text
@@ -294,11 +293,4 @@ def trials_table(folder: Path) -> Any:
     return table
 
 
-class _CallableModule(types.ModuleType):
-    """``liandan.tune(...)`` calls :func:`tune` (the module and the function share a name)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return tune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "tune")  # liandan.tune(...) calls tune() even once imported

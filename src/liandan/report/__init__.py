@@ -16,20 +16,11 @@ PosixPath('runs/train/report.html')
 
 from __future__ import annotations
 
-import sys
-import types
-from pathlib import Path
-from typing import Any
-
+from liandan.callable_module import make_callable
 from liandan.report.build import write_plots, write_report
 from liandan.report.figures import plot_confusion, plot_curves
 
 __all__ = ["plot_confusion", "plot_curves", "write_plots", "write_report"]
 
 
-class _CallableModule(types.ModuleType):
-    def __call__(self, run: str | Path, **kwargs: Any) -> Path:
-        return write_report(run, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "write_report")
