@@ -375,8 +375,9 @@ def raster_rows(b: Bench, tmp: Path) -> list[Row]:
     """liandan's streamed raster prediction against the raw forward over the same tiles."""
     import rasterio
 
-    from liandan.predict import Predictor, tile_starts
+    from liandan.predict import Predictor
     from liandan.predict_outputs import RasterWriter, open_raster
+    from liandan.tiling import tile_starts
 
     s = b.sizes
     label = f"raster {s.raster} x {s.raster}, U-Net/ResNet-34, tile {s.tile}"

@@ -136,8 +136,9 @@ def rss_mb(field: str = "VmRSS:") -> float:
 
 def child(args: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
-    from liandan.predict import Predictor, tile_starts
+    from liandan.predict import Predictor
     from liandan.predict_outputs import RasterWriter, open_raster
+    from liandan.tiling import tile_starts
 
     torch.set_num_threads(args.threads)
     model, last = build(args.model)
@@ -210,8 +211,9 @@ def measure(tool: str, raster: Path, out: Path, args: argparse.Namespace, bias: 
 
 def agreement(tmp: Path, args: argparse.Namespace) -> tuple[dict[str, float], float]:
     """Tiled (tile 256) vs whole-image prediction on 1024 x 1024; returns the bias used."""
-    from liandan.predict import Predictor, tile_starts
+    from liandan.predict import Predictor
     from liandan.predict_outputs import RasterWriter, open_raster
+    from liandan.tiling import tile_starts
 
     size, tile = 1024, 256
     path = write_scene(tmp / "agree.tif", size, size, seed=1)

@@ -16,9 +16,10 @@ from rasterio.transform import from_origin
 
 from conftest import write_geotiff
 from liandan.errors import DataError
-from liandan.predict import FLUSH_ROWS, Predictor, predict
+from liandan.predict import Predictor, predict
 from liandan.predict_outputs import RasterWriter, open_raster
 from liandan.runs import save_model_bundle
+from liandan.tiling import FLUSH_ROWS
 
 TRANSFORM = from_origin(500000, 4000000, 10.0, 10.0)
 

@@ -1,87 +1,34 @@
 """Prediction for images and rasters from a run's ``model/`` bundle.
 
 Segmentation runs at native resolution. An image up to the tile size goes through the
-network in one pass (padded to the network stride); anything larger is cut into
-overlapping tiles whose class probabilities are blended with a Gaussian (or Hann)
-window — probabilities, never argmax — with the last tile moved back inside the image
-rather than padded past it.
-
-Rasters are streamed (:meth:`Predictor.stream`): one band of tile rows is read at a
-time (windowed reads, the next band prefetched in a thread while the network runs),
-blended into float32 accumulators that hold only the rows still being written, and
-every finished block of rows is handed to the writer and dropped. Peak memory is
-bounded by ``(tile + 256) x width`` and does not grow with the raster's height. Tiles
-entirely nodata are skipped and output nodata is exactly the input's (nodata value,
-mask band or alpha: GDAL's dataset mask). Outputs are in the training masks' values.
+network in one pass (padded to the network stride); anything larger, and every
+raster, goes through :func:`liandan.tiling.stream_tiles`: overlapping tiles blended as
+probabilities, one band of tile rows in memory at a time, so a raster of any height is
+predicted in bounded memory. Output nodata is exactly the input's (nodata value, mask
+band or alpha: GDAL's dataset mask). Outputs are in the training masks' values.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from liandan.callable_module import make_callable
-from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS, band_indexes, read_image, valid_mask
+from liandan.data.readers import RASTER_EXTS, band_indexes, read_image, valid_mask
 from liandan.data.transforms import Normalizer, eval_resize_crop
 from liandan.errors import ConfigError, DataError
-from liandan.runs import atomic_write_bytes, atomic_write_text, load_model
+from liandan.runs import load_model
+from liandan.tiling import STRIDE, ReadBand, StreamStats, TileGrid, stream_tiles
 
 log = logging.getLogger("liandan")
 
-STRIDE = 32
-FLUSH_ROWS = 256  # rows are written in whole output blocks (the GeoTIFF's 256 px tiles)
-
 PRECISIONS = ("auto", "32", "bf16", "16")
-
-# A band of raw rows: (top row, normalized (n, W, C) float32, valid (n, W) bool or None).
-ReadBand = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
-
-
-def blend_window(tile: int, mode: str = "gaussian") -> np.ndarray:
-    """1-D blending window of length ``tile``, peak 1: Gaussian (sigma = tile/8), Hann, flat."""
-    if mode == "none":
-        return np.ones(tile, np.float32)
-    if mode == "hann":
-        w = np.hanning(tile + 2)[1:-1]  # strictly positive so every pixel gets weight
-    else:
-        coords = np.arange(tile) - (tile - 1) / 2
-        w = np.exp(-(coords**2) / (2 * (tile / 8) ** 2))
-    return (w / w.max()).astype(np.float32)
-
-
-def blend_weights(tile: int, mode: str = "gaussian") -> np.ndarray:
-    """``(tile, tile)`` blending window: the outer product of :func:`blend_window`."""
-    w = blend_window(tile, mode)
-    return np.maximum(np.outer(w, w), 1e-4).astype(np.float32)
-
-
-def tile_starts(length: int, tile: int, step: int) -> list[int]:
-    """Window starts covering ``length``; the last one is moved back inside."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return sorted(set(starts))
-
-
-def pad_tile(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pad ``(h, w, C)`` bottom/right to ``(height, width, C)``: reflect, edge when too small."""
-    h, w = x.shape[:2]
-    ph, pw = height - h, width - w
-    if ph == 0 and pw == 0:
-        return x
-    mode: Any = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
 def dtype_family(dtype: str) -> str:
@@ -103,16 +50,6 @@ class Prediction:
     labels: np.ndarray | int | None  # (H, W) class indices, or a class index
     valid: np.ndarray | None = None  # (H, W) bool: pixels with data (rasters)
     output: Path | None = None
-
-
-@dataclass
-class StreamStats:
-    """What one streamed prediction did; ``peak_rows`` is the accumulators' height."""
-
-    tiles: int = 0
-    skipped: int = 0
-    peak_rows: int = 0
-    buffer_rows: int = 0
 
 
 class Predictor:
@@ -232,83 +169,12 @@ class Predictor:
     def stream(
         self, read: ReadBand, height: int, width: int
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Blend tile probabilities band by band; yield finished rows and drop them.
-
-        Args:
-            read: ``read(top, n)`` -> normalized ``(n, width, C)`` and a valid mask or None.
-            height, width: the image size.
-
-        Yields:
-            ``(top, probs (K, n, width), valid (n, width))`` for finished rows, in order;
-            pixels of skipped all-nodata tiles have zero probabilities (and are invalid).
-        """
-        k = len(self.classes)
-        win_h, win_w = min(self.tile, height), min(self.tile, width)
-        # tiles smaller than the tile size (small images) are padded to the stride only
-        pad_h, pad_w = win_h + (-win_h) % STRIDE, win_w + (-win_w) % STRIDE
-        step = max(1, int(self.tile * (1 - self.overlap)))
-        rows = tile_starts(height, win_h, step)
-        cols = tile_starts(width, win_w, step)
-        w1 = blend_window(self.tile, self.blend)
-        weight = np.maximum(np.outer(w1[:win_h], w1[:win_w]), 1e-4).astype(np.float32)
-        # rows [top, top + cap) are held: a band starts < FLUSH_ROWS below `top`
-        cap = min(height, win_h + FLUSH_ROWS)
-        acc = np.zeros((k, cap, width), np.float32)  # weighted sum of probabilities
-        norm = np.zeros((cap, width), np.float32)  # sum of weights
-        valid = np.ones((cap, width), bool)  # pixels with data
-        self.stats = StreamStats(buffer_rows=cap)
-        top = reached = 0
-        with ThreadPoolExecutor(1, thread_name_prefix="liandan-read") as pool:
-            pending: Future[Any] | None = pool.submit(read, rows[0], win_h)
-            for i, r in enumerate([*rows, height]):
-                done = height if r == height else (r // FLUSH_ROWS) * FLUSH_ROWS
-                if done > top:  # rows above `done` get no more tiles: hand them out
-                    n = done - top
-                    probs = acc[:, :n] / np.maximum(norm[:n], 1e-12)
-                    yield top, probs, valid[:n].copy()
-                    for buf, fill in ((acc[:], 0), (norm[None], 0), (valid[None], True)):
-                        buf[:, : cap - n] = buf[:, n:].copy()  # shift up, clear the bottom
-                        buf[:, cap - n :] = fill
-                    top = done
-                if pending is None:
-                    break
-                band, band_valid = pending.result()
-                nxt = rows[i + 1] if i + 1 < len(rows) else None
-                pending = pool.submit(read, nxt, win_h) if nxt is not None else None
-                self.stats.peak_rows = max(self.stats.peak_rows, r + win_h - top)
-                if band_valid is not None:
-                    valid[r - top : r - top + win_h] = band_valid
-                sizes = (win_w, pad_h, pad_w)
-                self._blend_band(band, band_valid, r - top, cols, sizes, weight, acc, norm)
-                if self.on_tiles is not None:  # progress: tiles, and raster pixels now done
-                    self.on_tiles(len(cols), (r + win_h - reached) * width)
-                reached = r + win_h
-
-    def _blend_band(
-        self,
-        band: np.ndarray,
-        valid: np.ndarray | None,
-        row: int,
-        cols: list[int],
-        sizes: tuple[int, int, int],
-        weight: np.ndarray,
-        acc: np.ndarray,
-        norm: np.ndarray,
-    ) -> None:
-        """Predict the tiles of one band ``(win_h, W, C)`` and add them at buffer ``row``."""
-        win_w, pad_h, pad_w = sizes
-        win_h = band.shape[0]
-        todo = [c for c in cols if valid is None or valid[:, c : c + win_w].any()]
-        self.stats.skipped += len(cols) - len(todo)
-        for chunk in _chunks(todo, self.batch_size):
-            batch = np.stack(
-                [pad_tile(band[:, c : c + win_w], pad_h, pad_w).transpose(2, 0, 1) for c in chunk]
-            )
-            probs = self._forward(batch)[:, :, :win_h, :win_w]
-            for c, p in zip(chunk, probs, strict=True):
-                acc[:, row : row + win_h, c : c + win_w] += p * weight
-                norm[row : row + win_h, c : c + win_w] += weight
-        self.stats.tiles += len(todo)
+        """:func:`~liandan.tiling.stream_tiles` through this model; fills :attr:`stats`."""
+        self.stats = StreamStats()
+        grid = TileGrid(self.tile, self.overlap, self.blend, self.batch_size)
+        yield from stream_tiles(
+            read, height, width, self._forward, len(self.classes), grid, self.stats, self.on_tiles
+        )
 
     def predict_raster(
         self, path: str | Path, writer: Any, rows: tuple[int, int] | None = None
@@ -446,11 +312,6 @@ def inference_dtype(
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _read_raster_with_mask(
     path: Path, bands: list[int] | None, nodata: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -460,61 +321,6 @@ def _read_raster_with_mask(
     with open_raster(path) as src:
         valid = valid_mask(src, None, nodata)  # nodata value, mask band or alpha
     return image, valid
-
-
-def write_prediction(pred: Prediction, predictor: Predictor, out_dir: Path) -> Path:
-    """Write an in-memory prediction: the class-value mask (PNG, or GeoTIFF for rasters)."""
-    labels = np.asarray(pred.labels)
-    (out_dir / "preview").mkdir(parents=True, exist_ok=True)
-    preview = predictor.preview(labels)
-    if pred.valid is not None:
-        preview[~pred.valid] = 0
-    buf = io.BytesIO()
-    Image.fromarray(preview).save(buf, format="PNG")
-    atomic_write_bytes(out_dir / "preview" / f"{pred.path.stem}.png", buf.getvalue())
-    if pred.path.suffix.lower() in RASTER_EXTS:
-        from liandan.predict_outputs import RasterWriter, open_raster
-
-        target = out_dir / f"{pred.path.stem}.tif"
-        with open_raster(pred.path) as src, RasterWriter(src, predictor, target) as writer:
-            assert pred.probs is not None
-            valid = pred.valid if pred.valid is not None else np.ones(labels.shape, bool)
-            writer.write(0, pred.probs, valid)
-        return target
-    target = out_dir / f"{pred.path.stem}.png"
-    buf = io.BytesIO()
-    Image.fromarray(predictor.to_values(labels)).save(buf, format="PNG")
-    atomic_write_bytes(target, buf.getvalue())
-    return target
-
-
-def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand folders into their image files (sorted); files are taken as given."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(
-                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
-            )
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError("input not found", where=p, hint="give image files or folders")
-    if not files:
-        raise DataError("no images to predict", where=", ".join(map(str, inputs)))
-    return files
-
-
-def write_predictions_csv(preds: list[Prediction], predictor: Predictor, path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["image", "label", *[f"prob_{c}" for c in predictor.classes]])
-    for p in preds:
-        assert p.labels is not None and p.probs is not None
-        label = predictor.classes[int(p.labels)]  # type: ignore[arg-type]
-        writer.writerow([str(p.path), label, *[f"{v:.6f}" for v in p.probs.tolist()]])
-    atomic_write_text(path, buf.getvalue())
 
 
 @dataclass
@@ -561,7 +367,15 @@ def predict(
 
     >>> liandan.predict("runs/train", ["scene.tif"], out="maps")  # doctest: +SKIP
     """
-    from liandan.predict_outputs import RasterWriter, open_raster, progress_bar, write_vectors
+    from liandan.predict_outputs import (
+        RasterWriter,
+        list_inputs,
+        open_raster,
+        progress_bar,
+        write_prediction,
+        write_predictions_csv,
+        write_vectors,
+    )
 
     if isinstance(inputs, str | Path):
         inputs = [inputs]

@@ -1,4 +1,4 @@
-"""Writers for streamed raster predictions: class GeoTIFF, probabilities, preview, polygons.
+"""predict's outputs: class GeoTIFF (streamed), probabilities, previews, polygons, masks, CSV.
 
 :class:`RasterWriter` receives finished row blocks from :meth:`Predictor.stream` and
 writes them straight to a tiled, deflate-compressed GeoTIFF with the input's CRS and
@@ -9,23 +9,25 @@ to at most ``PREVIEW_MAX`` pixels a side as rows go by).
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS
 from liandan.errors import DataError
 from liandan.runs import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from liandan.predict import Predictor
+    from liandan.predict import Prediction, Predictor
 
 PREVIEW_MAX = 2048  # longest side of the colour preview PNG
 # GDAL's block cache holds written and read blocks; capped so it cannot grow with the
@@ -201,7 +203,7 @@ def progress_bar(predictor: Predictor, path: Path, *, enabled: bool) -> Iterator
 
     with open_raster(path) as src:
         height, width = src.height, src.width
-    from liandan.predict import tile_starts
+    from liandan.tiling import tile_starts
 
     tile = predictor.tile
     step = max(1, int(tile * (1 - predictor.overlap)))
@@ -288,3 +290,56 @@ def _polygon_area(rings: list[list[tuple[float, float]]]) -> float:
         a = 0.5 * abs(np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1]))
         total += a if i == 0 else -a
     return total
+
+
+def write_prediction(pred: Prediction, predictor: Predictor, out_dir: Path) -> Path:
+    """Write an in-memory prediction: the class-value mask (PNG, or GeoTIFF for rasters)."""
+    labels = np.asarray(pred.labels)
+    (out_dir / "preview").mkdir(parents=True, exist_ok=True)
+    preview = predictor.preview(labels)
+    if pred.valid is not None:
+        preview[~pred.valid] = 0
+    buf = io.BytesIO()
+    Image.fromarray(preview).save(buf, format="PNG")
+    atomic_write_bytes(out_dir / "preview" / f"{pred.path.stem}.png", buf.getvalue())
+    if pred.path.suffix.lower() in RASTER_EXTS:
+        target = out_dir / f"{pred.path.stem}.tif"
+        with open_raster(pred.path) as src, RasterWriter(src, predictor, target) as writer:
+            assert pred.probs is not None
+            valid = pred.valid if pred.valid is not None else np.ones(labels.shape, bool)
+            writer.write(0, pred.probs, valid)
+        return target
+    target = out_dir / f"{pred.path.stem}.png"
+    buf = io.BytesIO()
+    Image.fromarray(predictor.to_values(labels)).save(buf, format="PNG")
+    atomic_write_bytes(target, buf.getvalue())
+    return target
+
+
+def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand folders into their image files (sorted); files are taken as given."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(
+                f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError("input not found", where=p, hint="give image files or folders")
+    if not files:
+        raise DataError("no images to predict", where=", ".join(map(str, inputs)))
+    return files
+
+
+def write_predictions_csv(preds: list[Prediction], predictor: Predictor, path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["image", "label", *[f"prob_{c}" for c in predictor.classes]])
+    for p in preds:
+        assert p.labels is not None and p.probs is not None
+        label = predictor.classes[int(p.labels)]  # type: ignore[arg-type]
+        writer.writerow([str(p.path), label, *[f"{v:.6f}" for v in p.probs.tolist()]])
+    atomic_write_text(path, buf.getvalue())
