@@ -13,7 +13,7 @@ import yaml
 from conftest import FAST_CLS, FAST_SEG, make_imagefolder, write_geotiff
 from liandan.cli import main
 from liandan.config import Config
-from liandan.data.rasters import RasterTiles
+from liandan.data.raster_tiles import RasterTiles
 from liandan.engine import batch_size as B
 from liandan.engine.task import LiandanTask
 from liandan.models import build_model

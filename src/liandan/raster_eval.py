@@ -1,7 +1,7 @@
 """Scoring a model on whole raster splits (``evaluate --split test|train|all``), streamed.
 
 Validation keeps the tile grid that training validated on
-(:meth:`~liandan.data.rasters.RasterTiles.evaluate_with`), so ``metrics.json`` matches
+(:meth:`~liandan.data.raster_tiles.RasterTiles.evaluate_with`), so ``metrics.json`` matches
 the run's own figures. The other splits are predicted as ``liandan predict`` does
 (overlapping tiles blended, band by band of rows) and each finished band is compared
 with its labels, read through the same window of the image grid (label rasters, warped
@@ -22,7 +22,7 @@ from liandan.errors import ConfigError
 
 if TYPE_CHECKING:
     from liandan.config import Config
-    from liandan.data.rasters import RasterTiles, Region
+    from liandan.data.raster_tiles import RasterTiles, Region
     from liandan.predict import Predictor
     from liandan.report.samples import SampleResults
 
@@ -48,7 +48,8 @@ class LabelCounter:
 
 def split_regions(cfg: Config, tiles_index: Any, split: str) -> list[Region]:
     """The raster rows of ``split``, as training split them (same seed and rules)."""
-    from liandan.data.rasters import Region, _open, _regions
+    from liandan.data.raster_tiles import Region, _open
+    from liandan.data.rasters import _regions
 
     train, val, _ = _regions(tiles_index, cfg)
     test = []
@@ -77,7 +78,8 @@ def evaluate_raster_split(
         split: ``train``, ``val``, ``test`` or ``all``.
         predictor: the run's predictor (tile size, overlap, blending of ``predict``).
     """
-    from liandan.data.rasters import RasterTiles, check_rasters, raster_index
+    from liandan.data.raster_tiles import RasterTiles
+    from liandan.data.rasters import check_rasters, raster_index
     from liandan.metrics import ConfusionMatrix
     from liandan.report.samples import SampleResults
 

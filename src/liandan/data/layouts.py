@@ -267,7 +267,7 @@ def _find_csv(root: Path, ignore_index: int | None) -> DatasetIndex:
 def _pair(images_dir: Path, masks_dir: Path, split: str | None) -> tuple[list[Sample], list[str]]:
     images = {p.stem: p for p in _images_in(images_dir)}
     masks = {p.stem: p for p in _images_in(masks_dir)} if masks_dir.is_dir() else {}
-    labels_dir = masks_dir.parent / "labels"  # polygon labels of rasters (data/rasters.py)
+    labels_dir = masks_dir.parent / "labels"  # polygon labels of rasters (data/raster_labels.py)
     if labels_dir.is_dir():
         for p in sorted(labels_dir.iterdir()):
             if p.suffix.lower() in (".geojson", ".json", ".gpkg", ".shp"):
