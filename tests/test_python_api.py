@@ -48,3 +48,10 @@ def test_score_through_the_package_after_the_module_import(tmp_path: Path) -> No
         Image.fromarray(mask).save(tmp_path / folder / "a.png")
     metrics = liandan.score(tmp_path / "pred", tmp_path / "truth")
     assert metrics["overall"]["accuracy"] == pytest.approx(63 / 64)
+
+
+@pytest.mark.parametrize("name", [n for n in liandan.__all__ if n.islower()])
+def test_every_command_of_the_package_is_callable(name: str) -> None:
+    assert callable(getattr(liandan, name))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        liandan.nope  # noqa: B018

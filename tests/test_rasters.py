@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix
 from conftest import FAST_SEG, write_geotiff
 from liandan.config import Config
 from liandan.data.datamodule import build_data
-from liandan.data.rasters import RasterTiles
+from liandan.data.raster_tiles import RasterTiles
 from liandan.errors import DataError
 
 TRANSFORM = from_origin(500000, 4000000, 10.0, 10.0)
@@ -190,7 +190,8 @@ def test_geopackage_and_shapefile_labels_read_like_geojson(
 
 @pytest.mark.slow
 def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path, monkeypatch) -> None:
-    from liandan.api import evaluate, train
+    from liandan.api import train
+    from liandan.evaluation import evaluate
     from liandan.predict import predict
 
     root = make_scene(tmp_path / "data")

@@ -32,35 +32,28 @@ __all__ = [
 from liandan.config import Config
 from liandan.errors import CheckpointError, ConfigError, DataError, LiandanError
 
+# name -> (module, attribute); None: the module itself, which is callable as its
+# function (liandan.callable_module explains why)
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "train": ("liandan.api", "train"),
+    "evaluate": ("liandan.evaluation", "evaluate"),
+    "demo": ("liandan.demo_run", "demo"),
+    "predict": ("liandan.predict", "predict"),
+    "export": ("liandan.export", "export"),
+    "scan": ("liandan.scan_report", "scan"),
+    "score": ("liandan.score", "score"),
+    "plan": ("liandan.plan", None),
+    "tune": ("liandan.tune", None),
+    "report": ("liandan.report", None),
+}
+
 
 def __getattr__(name: str) -> Any:
     # Heavy imports (torch, Lightning) are deferred so `liandan --help` stays fast.
-    if name in ("train", "evaluate", "demo"):
-        from liandan import api
+    if name not in _LAZY:
+        raise AttributeError(f"module 'liandan' has no attribute {name!r}")
+    import importlib
 
-        return getattr(api, name)
-    if name == "predict":
-        from liandan.predict import predict
-
-        return predict
-    if name == "export":
-        from liandan.export import export
-
-        return export
-    if name == "scan":
-        from liandan.scan_report import scan
-
-        return scan
-    if name in ("plan", "tune"):  # callable modules: liandan.plan(DATA), liandan.tune(DATA)
-        import importlib
-
-        return importlib.import_module(f"liandan.{name}")
-    if name == "score":
-        from liandan.score import score
-
-        return score
-    if name == "report":  # the package is callable: liandan.report(run) builds report.html
-        import liandan.report
-
-        return liandan.report
-    raise AttributeError(f"module 'liandan' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)

@@ -1,7 +1,8 @@
-"""The Python API: each command of the CLI is one function here.
+"""The Python API for training: ``train``, ``resume`` and ``lr_find``.
 
 ``train`` reads as the pipeline: config -> data -> task -> Trainer -> run folder ->
-evaluation. Every function returns plain objects a notebook can use.
+evaluation. Every function returns plain objects a notebook can use. ``evaluate`` is in
+:mod:`liandan.evaluation`, ``demo`` in :mod:`liandan.demo_run`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from liandan.config import Config
 from liandan.data.datamodule import DataBundle, build_data
 from liandan.data.rasters import pixel_size
 from liandan.errors import CheckpointError, ConfigError
-from liandan.metrics import compute_metrics
-from liandan.report.samples import SampleResults
+from liandan.evaluation import evaluate_with_samples, run_config
 from liandan.runs import atomic_write_json, create_run_dir, read_model_json, save_model_bundle
 
 log = logging.getLogger("liandan")
@@ -184,7 +184,7 @@ def resume(run: str | Path, *, unsafe_load: bool = False) -> RunResult:
     from liandan.engine.checkpoint import find_resume_checkpoint
 
     run_dir = Path(run)
-    cfg = _run_config(run_dir)
+    cfg = run_config(run_dir)
     if unsafe_load:
         cfg.train.unsafe_load = True
     ckpt = find_resume_checkpoint(run_dir, unsafe=cfg.train.unsafe_load)
@@ -250,7 +250,7 @@ def train_into(
         if "ema_state" in state and task.ema is not None:
             task.ema.load_state_dict(state["ema_state"])
     save_model_bundle(run_dir, task.eval_model().state_dict(), model_meta(cfg, bundle))
-    metrics, samples = _evaluate(run_dir, split="val", write=True, bundle=bundle)
+    metrics, samples = evaluate_with_samples(run_dir, split="val", write=True, bundle=bundle)
     duration = time.perf_counter() - start
     if cfg.train.budget:
         from liandan.engine.budget import record_total
@@ -352,162 +352,3 @@ def lr_find(
     cfg.save(run_dir / "config.yaml")
     write_lr_find(run_dir, result)
     return run_dir, result
-
-
-def _run_config(run: Path) -> Config:
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError("config.yaml is missing from the run", where=run)
-    return Config.load(path)
-
-
-def evaluate(
-    run: str | Path,
-    data: str | Path | None = None,
-    *,
-    split: str = "val",
-    write: bool = True,
-    _bundle: DataBundle | None = None,
-) -> dict[str, Any]:
-    """Score a run's model on a split of its dataset (or of another dataset).
-
-    Writes ``metrics.json`` for the validation split and ``metrics_<split>.json``
-    otherwise, never replacing another split's file.
-
-    >>> liandan.evaluate("runs/train", split="test")["overall"]["accuracy"]  # doctest: +SKIP
-    0.93
-    """
-    return _evaluate(run, data, split=split, write=write, bundle=_bundle)[0]
-
-
-def _evaluate(
-    run: str | Path,
-    data: str | Path | None = None,
-    *,
-    split: str,
-    write: bool,
-    bundle: DataBundle | None = None,
-) -> tuple[dict[str, Any], SampleResults]:
-    """``evaluate``, also returning the per-sample results (the report's galleries)."""
-    from liandan.metrics_extra import add_extras
-    from liandan.predict import Predictor
-    from liandan.report.samples import (
-        classes_from_meta,
-        evaluate_samples,
-        pick_split,
-        rebuild_splits,
-    )
-
-    run = Path(run)
-    _, meta = read_model_json(run)
-    cfg = _run_config(run)
-    if data is not None:
-        cfg.data.root = Path(data)
-    classes = classes_from_meta(meta)
-    predictor = Predictor.from_run(
-        run, tile=cfg.predict.tile, overlap=cfg.predict.overlap, precision=cfg.predict.precision
-    )
-    results = None
-    if bundle is None and split != "val" and meta["task"] == "segment":
-        from liandan.raster_eval import evaluate_raster_split
-
-        # rasters: whole files streamed band by band (None: not a raster dataset)
-        results = evaluate_raster_split(cfg, classes, split, predictor)
-    if results is None:
-        if bundle is None and split == "val" and meta["task"] == "segment":
-            from liandan.data.rasters import raster_bundle
-
-            bundle = raster_bundle(cfg, classes)  # rasters: the same validation tile grid
-        if bundle is not None:
-            checked, splits = bundle.checked, bundle.splits
-        else:
-            checked, splits = rebuild_splits(cfg, classes)
-        samples = pick_split(splits, split)
-        raster_val = getattr(bundle.val_loader.dataset, "evaluate_with", None) if bundle else None
-        if raster_val is not None and split == "val":  # rasters: the validation tile grid
-            results = raster_val(predictor)
-        else:
-            results = evaluate_samples(predictor, checked, samples, bands=cfg.data.bands)
-    metrics = compute_metrics(results.confusion, classes.names, task=meta["task"], split=split)
-    add_extras(metrics, results.extras())
-    if write:
-        name = "metrics.json" if split == "val" else f"metrics_{split}.json"
-        atomic_write_json(run / name, metrics)
-    return metrics, results
-
-
-@dataclass
-class DemoResult(RunResult):
-    """A demo run plus where its scene prediction went and how it scored."""
-
-    predictions: Path | None = None
-    scene_metrics: dict[str, Any] | None = None
-
-
-# The demo's settings: small enough for 2 CPU cores, measured in the README.
-DEMO_OVERRIDES = {
-    "segment": [
-        "model.arch=unet",
-        "model.encoder=resnet18",
-        "data.image_size=128",
-        "train.epochs=30",  # mIoU swings for ~10 epochs (BatchNorm, 6 steps/epoch)
-        "train.batch_size=8",
-        "optim.lr=1e-3",
-        "augment.vflip=0.5",
-        "augment.rotate90=0.5",
-    ],
-    "classify": [
-        "model.arch=lenet",
-        "data.image_size=32",
-        "train.epochs=15",
-        "train.batch_size=32",
-        "optim.lr=3e-3",
-        "augment.hflip=0.0",  # digits are not mirror-symmetric
-    ],
-}
-
-
-def demo(
-    task: str = "segment",
-    *,
-    out: str | Path = "runs",
-    overrides: list[str] | None = None,
-    name: str = "demo",
-) -> DemoResult:
-    """Build the embedded demo dataset, train, evaluate and predict: no download.
-
-    Segmentation: mosaics of scikit-image's bundled texture photographs (grass,
-    gravel, brick), with a georeferenced GeoTIFF scene predicted at the end.
-    Classification: scikit-learn's bundled handwritten digits.
-
-    >>> liandan.demo().metrics["overall"]["mean_iou"]  # doctest: +SKIP
-    0.8
-    """
-    from liandan.data.demo import make_classify_demo, make_segment_demo
-    from liandan.predict import predict
-    from liandan.score import score
-
-    if task not in DEMO_OVERRIDES:
-        raise ConfigError(f"unknown demo task {task!r}", where="--task", hint="segment or classify")
-    start = time.perf_counter()
-    run_dir = create_run_dir(out, name)
-    data_dir = run_dir / "data"
-    if task == "segment":
-        make_segment_demo(data_dir)
-    else:
-        make_classify_demo(data_dir)
-    cfg = Config.load(None, DEMO_OVERRIDES[task] + list(overrides or []))
-    cfg.data.root = data_dir.resolve()
-    bundle = build_data(cfg)
-    result = train_into(cfg, bundle, run_dir)
-    demo_result = DemoResult(**vars(result))
-    scene = data_dir / "scene" / "scene.tif"
-    if task == "segment" and scene.is_file():
-        pred_dir = run_dir / "predictions"
-        predict(run_dir, [scene], out=pred_dir)
-        truth = data_dir / "scene" / "scene_mask.tif"
-        demo_result.predictions = pred_dir
-        if truth.is_file():
-            demo_result.scene_metrics = score(pred_dir / "scene.tif", truth)
-    demo_result.duration_s = time.perf_counter() - start
-    return demo_result

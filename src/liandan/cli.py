@@ -69,7 +69,7 @@ def demo(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
 ) -> None:
     """Train, evaluate and predict on embedded demo data (no download)."""
-    from liandan.api import demo as run_demo
+    from liandan.demo_run import demo as run_demo
 
     result = run_demo(task, out=out, overrides=overrides)
     for note in result.notes:
@@ -177,7 +177,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="print metrics.json")] = False,
 ) -> None:
     """Evaluate a run's model on a split of its dataset."""
-    from liandan.api import evaluate as run_evaluate
+    from liandan.evaluation import evaluate as run_evaluate
 
     if split not in ("val", "test", "all"):
         raise BadParameter("must be val, test or all", param_hint="--split")

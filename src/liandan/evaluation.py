@@ -1,0 +1,100 @@
+"""Scoring a trained run: ``liandan evaluate`` and the evaluation that ends every training.
+
+The run's exported model is applied to a split of its dataset (or of another one) and
+scored into ``metrics.json`` / ``metrics_<split>.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from liandan.config import Config
+from liandan.data.datamodule import DataBundle
+from liandan.errors import CheckpointError
+from liandan.metrics import compute_metrics
+from liandan.report.samples import SampleResults
+from liandan.runs import atomic_write_json, read_model_json
+
+
+def run_config(run: Path) -> Config:
+    """A run folder's resolved ``config.yaml``."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError("config.yaml is missing from the run", where=run)
+    return Config.load(path)
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path | None = None,
+    *,
+    split: str = "val",
+    write: bool = True,
+    _bundle: DataBundle | None = None,
+) -> dict[str, Any]:
+    """Score a run's model on a split of its dataset (or of another dataset).
+
+    Writes ``metrics.json`` for the validation split and ``metrics_<split>.json``
+    otherwise, never replacing another split's file.
+
+    >>> liandan.evaluate("runs/train", split="test")["overall"]["accuracy"]  # doctest: +SKIP
+    0.93
+    """
+    return evaluate_with_samples(run, data, split=split, write=write, bundle=_bundle)[0]
+
+
+def evaluate_with_samples(
+    run: str | Path,
+    data: str | Path | None = None,
+    *,
+    split: str,
+    write: bool,
+    bundle: DataBundle | None = None,
+) -> tuple[dict[str, Any], SampleResults]:
+    """``evaluate``, also returning the per-sample results (the report's galleries)."""
+    from liandan.metrics_extra import add_extras
+    from liandan.predict import Predictor
+    from liandan.report.samples import (
+        classes_from_meta,
+        evaluate_samples,
+        pick_split,
+        rebuild_splits,
+    )
+
+    run = Path(run)
+    _, meta = read_model_json(run)
+    cfg = run_config(run)
+    if data is not None:
+        cfg.data.root = Path(data)
+    classes = classes_from_meta(meta)
+    predictor = Predictor.from_run(
+        run, tile=cfg.predict.tile, overlap=cfg.predict.overlap, precision=cfg.predict.precision
+    )
+    results = None
+    if bundle is None and split != "val" and meta["task"] == "segment":
+        from liandan.raster_eval import evaluate_raster_split
+
+        # rasters: whole files streamed band by band (None: not a raster dataset)
+        results = evaluate_raster_split(cfg, classes, split, predictor)
+    if results is None:
+        if bundle is None and split == "val" and meta["task"] == "segment":
+            from liandan.data.rasters import raster_bundle
+
+            bundle = raster_bundle(cfg, classes)  # rasters: the same validation tile grid
+        if bundle is not None:
+            checked, splits = bundle.checked, bundle.splits
+        else:
+            checked, splits = rebuild_splits(cfg, classes)
+        samples = pick_split(splits, split)
+        raster_val = getattr(bundle.val_loader.dataset, "evaluate_with", None) if bundle else None
+        if raster_val is not None and split == "val":  # rasters: the validation tile grid
+            results = raster_val(predictor)
+        else:
+            results = evaluate_samples(predictor, checked, samples, bands=cfg.data.bands)
+    metrics = compute_metrics(results.confusion, classes.names, task=meta["task"], split=split)
+    add_extras(metrics, results.extras())
+    if write:
+        name = "metrics.json" if split == "val" else f"metrics_{split}.json"
+        atomic_write_json(run / name, metrics)
+    return metrics, results
