@@ -321,3 +321,25 @@ def test_precision_auto_is_bf16_or_fp16_on_a_gpu_and_float32_on_the_cpu(monkeypa
         inference_dtype("16", cpu)
     with pytest.raises(ConfigError, match=r"predict\.precision: unknown precision"):
         inference_dtype("fp8", cpu)
+
+
+def test_the_cli_names_a_damaged_raster_once_without_gdal_noise(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    scene = write_raster(tmp_path / "scene.tif", np.ones((3, 200, 200), np.uint16))
+    data = scene.read_bytes()
+    scene.write_bytes(data[: len(data) // 2])
+    run = make_run(tmp_path / "run", 3)
+    cmd = [sys.executable, "-m", "liandan.cli", "predict", str(run), str(scene)]
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr
+    assert "data error" in done.stderr and "scene.tif: cannot read rows" in done.stderr
+    assert "GDAL signalled" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+    debug = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "out2"), "--debug"], capture_output=True, text=True
+    )
+    assert "GDAL signalled" in debug.stderr and "Traceback" in debug.stderr  # all of it

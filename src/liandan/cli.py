@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not debug:  # GDAL's own lines on a damaged file come before liandan's clearer error
+        logging.getLogger("rasterio").setLevel(logging.WARNING)
     try:
         app(args=args, prog_name="liandan", standalone_mode=False)
     except LiandanError as exc:
