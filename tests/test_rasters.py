@@ -261,3 +261,19 @@ def test_label_raster_on_a_coarser_grid_is_warped_when_asked(tmp_path: Path) -> 
     ds = bundle.train_loader.dataset
     _, mask = ds.read(ds.regions[0], 0, 0)
     assert (mask[30:64, 40:64] == 1).all() and (mask[:30, 20:] == 0).all()
+
+
+def test_a_label_rasters_nodata_value_is_no_label(tmp_path: Path) -> None:
+    """Labels 1-3 with 0 declared nodata (a usual GIS export): 0 is "no label" (-1),
+    not a class, though 0 is a value the inferred classes cover."""
+    root = make_scene(tmp_path / "data")
+    labels = root / "masks" / "scene.tif"
+    with rasterio.open(labels) as src:
+        truth = src.read(1)
+    coded = truth + 1
+    coded[40:60, 60:90] = 0  # unlabelled inside the valid image area
+    write(labels, coded[None], nodata=0)
+    ds = bundle_for(root, "data.val_fraction=0.1").train_loader.dataset
+    _, mask = ds.read(ds.regions[0], 0, 0)  # rows 0-64, columns 0-64
+    assert (mask[40:60, 60:64] == -1).all()
+    assert (mask[:40, 20:] >= 1).all()  # labelled pixels keep their class

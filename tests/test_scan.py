@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import make_imagefolder, make_pairs, save
+from conftest import make_imagefolder, make_pairs, save, write_geotiff
 from liandan import scan_report
 from liandan.cli import main
 from liandan.scan_report import scan
@@ -187,3 +187,32 @@ def test_large_rasters_are_scanned_by_row_bands_with_the_same_summary(
     assert np.allclose(streamed["var"], whole["var"])
     assert np.allclose(streamed["q"], whole["q"])
     assert streamed_mask["values"] == whole_mask["values"]
+
+
+def test_nodata_stays_out_of_band_statistics_and_label_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scene with a nodata collar whose label raster tags the collar nodata too (as
+    GIS tools write them): no problem found, statistics of the pixels with data only."""
+    import liandan.scan_report as sr
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 250, (3, 40, 50)).astype(np.uint8)
+    image[:, :, :15] = 0
+    labels = rng.integers(0, 3, (1, 40, 50)).astype(np.uint8)
+    labels[:, :, :15] = 255
+    root = tmp_path / "data"
+    write_geotiff(root / "images" / "scene.tif", image, nodata=0)
+    write_geotiff(root / "masks" / "scene.tif", labels, nodata=255)
+    data = image[:, :, 15:].reshape(3, -1).T.astype(float)
+    for stream_pixels in (sr.STREAM_PIXELS, 100):  # read whole, then by row bands
+        monkeypatch.setattr(sr, "STREAM_PIXELS", stream_pixels)
+        report = scan(root, use_cache=False)
+        fp = report.fingerprint
+        assert report.problems == [], report.problems
+        assert fp.classes == ["0", "1", "2"]
+        assert sum(fp.class_pixels.values()) == 40 * 35  # the collar is no class
+        assert fp.nodata_value == 0 and fp.nodata_fraction == pytest.approx(15 / 50)
+        assert np.allclose(fp.band_mean, data.mean(0), atol=1e-3)
+        assert np.allclose(fp.band_std, data.std(0), atol=1e-3)
+        assert min(fp.band_p005) >= 1  # not the collar's zeros

@@ -36,7 +36,7 @@ from liandan.data.layouts import find_samples, read_classes_yaml
 from liandan.data.readers import RASTER_EXTS, image_shape, is_image_file, read_image, read_mask
 from liandan.errors import DataError
 
-CACHE_VERSION = 2  # 2: mask records hold value counts per border third
+CACHE_VERSION = 3  # 2: mask value counts per border third; 3: statistics without nodata
 MAX_PIXELS = 179_000_000  # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 # files a dataset folder may hold besides images
 KNOWN_FILES = {"classes.yaml", "labels.csv", "readme.md", "readme.txt", "license", "license.txt"}
@@ -140,17 +140,19 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
         tag, rec["geo"] = _raster_header(path)
         nodata = nodata if nodata is not None else tag
     flat = img.reshape(-1, img.shape[2]).astype(np.float64)
+    empty = (flat == nodata).all(1) if nodata is not None else np.zeros(len(flat), bool)
+    data = flat[~empty] if not empty.all() else flat  # statistics of the pixels with data
     rec.update(
         h=int(img.shape[0]),
         w=int(img.shape[1]),
         c=int(img.shape[2]),
         dtype=str(img.dtype),
         hash=hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest(),
-        mean=flat.mean(0).tolist(),
-        var=flat.var(0).tolist(),
-        q=np.percentile(flat, LEVELS, axis=0).T.tolist(),  # (bands, levels)
+        mean=data.mean(0).tolist(),
+        var=data.var(0).tolist(),
+        q=np.percentile(data, LEVELS, axis=0).T.tolist(),  # (bands, levels)
         nodata=nodata,
-        nodata_pixels=int((flat == nodata).all(1).sum()) if nodata is not None else 0,
+        nodata_pixels=int(empty.sum()),
     )
     return rec
 
@@ -165,8 +167,8 @@ def _inspect_raster_by_rows(
 ) -> dict[str, Any]:
     """The same summary as ``inspect_image`` in one pass of row bands (bounded memory).
 
-    Mean, variance, the pixel hash and the nodata count are exact; percentiles come
-    from an evenly strided sample of at most SAMPLE_PIXELS pixels.
+    Mean, variance (of the pixels with data), the pixel hash and the nodata count are
+    exact; percentiles come from an evenly strided sample of at most SAMPLE_PIXELS pixels.
     """
     from rasterio.windows import Window
 
@@ -189,18 +191,26 @@ def _inspect_raster_by_rows(
                 chunk = np.moveaxis(src.read(window=Window(0, top, w, n)), 0, -1)
                 digest.update(np.ascontiguousarray(chunk).tobytes())  # HWC order, as whole
                 flat = chunk.reshape(-1, c).astype(np.float64)
+                if nodata is not None:
+                    has_data = ~(flat == nodata).all(1)
+                    empty += int(len(flat) - has_data.sum())
+                else:
+                    has_data = np.ones(len(flat), bool)
+                picked = np.zeros(len(flat), bool)
+                picked[(-(top * w)) % stride :: stride] = True
+                flat, picked = flat[has_data], picked[has_data]
                 total += flat.sum(0)
                 squares += (flat**2).sum(0)
-                if nodata is not None:
-                    empty += int((flat == nodata).all(1).sum())
-                sample.append(flat[(-(top * w)) % stride :: stride])
+                sample.append(flat[picked])
             dtype = str(src.dtypes[0])
     except Exception as exc:
         return {**rec, "error": "unreadable", "reason": f"cannot read ({exc})"}
     digest.update(str((h, w, c)).encode())
-    count = float(h * w)
+    count = float(max(1, h * w - empty))
     mean = total / count
     pixels = np.concatenate(sample)
+    if not len(pixels):  # nodata everywhere (a blocking problem of its own)
+        pixels = np.zeros((1, c))
     rec.update(
         h=h,
         w=w,
@@ -227,6 +237,7 @@ def _inspect_label_raster_by_rows(
     counts: dict[int, int] = {}
     try:
         with open_raster(path) as src:
+            nodata = src.nodata
             rows = max(1, CHUNK_VALUES // max(1, w))
             for top in range(0, h, rows):
                 band = src.read(1, window=Window(0, top, w, min(rows, h - top)))
@@ -236,6 +247,7 @@ def _inspect_label_raster_by_rows(
     except Exception as exc:
         return {**rec, "error": "unreadable", "reason": f"cannot read ({exc})"}
     rec.update(h=h, w=w, color=False, values={str(v): n for v, n in sorted(counts.items())})
+    _drop_label_nodata(rec, nodata)
     return rec
 
 
@@ -265,7 +277,21 @@ def inspect_mask(path: Path) -> dict[str, Any]:
         "left": _value_counts(mask[:, :w3]),
         "right": _value_counts(mask[:, -w3:]),
     }
+    if path.suffix.lower() in RASTER_EXTS and not rec["color"]:
+        _drop_label_nodata(rec, _raster_header(path)[0])
     return rec
+
+
+def _drop_label_nodata(rec: dict[str, Any], nodata: float | None) -> None:
+    """A label raster's nodata value means "no label" (training ignores those pixels),
+    not a class value: its count moves from ``values`` to ``nodata_pixels``."""
+    if nodata is None or not float(nodata).is_integer():
+        return
+    key = str(int(nodata))
+    rec["nodata"] = nodata
+    rec["nodata_pixels"] = rec["values"].pop(key, 0)
+    for counts in rec.get("thirds", {}).values():
+        counts.pop(key, None)
 
 
 def _value_counts(mask: np.ndarray) -> dict[str, int]:

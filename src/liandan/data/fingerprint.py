@@ -225,7 +225,8 @@ def _mixture_percentile(quantiles: np.ndarray, weights: np.ndarray, p: float) ->
 
 
 def _band_stats(recs: list[dict[str, Any]]) -> dict[str, list[float]]:
-    n = np.array([r["h"] * r["w"] for r in recs], dtype=np.float64)
+    # pixels with data: each image's statistics leave its nodata pixels out
+    n = np.array([max(1, r["h"] * r["w"] - r.get("nodata_pixels", 0)) for r in recs], float)
     mean = np.array([r["mean"] for r in recs])  # (images, bands)
     var = np.array([r["var"] for r in recs])
     total = (n[:, None] * mean).sum(0) / n.sum()

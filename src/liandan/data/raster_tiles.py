@@ -148,7 +148,8 @@ class RasterTiles(Dataset):
         """``(h, w)`` int64 class indices of a window of the image's grid (-1 unknown).
 
         Label rasters are read through the same window (warped onto the image grid with
-        ``data.align: warp``); polygons are rasterized onto it. Nodata is not applied.
+        ``data.align: warp``); polygons are rasterized onto it. The label raster's own
+        nodata value means "no label" (-1); the image's nodata is not applied here.
         """
         assert isinstance(sample.target, Path)
         src = self._src(sample.image)
@@ -156,8 +157,12 @@ class RasterTiles(Dataset):
         if sample.target in self.polygons:
             mask = self._rasterize(sample.target, src.window_transform(window), shape)
         else:
-            mask = self.mapper.map(self._label_src(sample.target, src).read(1, window=window))
+            lab = self._label_src(sample.target, src)
+            raw = lab.read(1, window=window)
+            mask = self.mapper.map(raw)
             mask[mask == MaskMapper.UNKNOWN] = -1
+            if lab.nodata is not None:
+                mask[raw == lab.nodata] = -1
         return mask.astype(np.int64)
 
     def _label_src(self, path: Path, image_src: Any) -> Any:
