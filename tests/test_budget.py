@@ -120,3 +120,32 @@ def test_run_length_refitted_from_the_first_epoch(tmp_path, monkeypatch):
     # the 1-epoch cosine had decayed by the end of epoch 1; re-fitted to 6 epochs, it is
     # high again in epoch 2 and reaches its floor only at the end
     assert lrs[1] > 0.5 * 1e-3 and lrs[-1] < 0.05 * 1e-3
+
+
+def test_epochs_are_shortened_when_whole_ones_would_be_too_few(tmp_path: Path) -> None:
+    """200 steps at 0.5 s: one whole epoch fits 2 minutes; epochs are cut to a step
+    count that lets 10 of them fit, written to the config (a resume keeps it)."""
+    from types import SimpleNamespace
+
+    from liandan.config import Config
+    from liandan.engine.budget import MIN_BUDGET_EPOCHS, SAFETY, fit_budget
+
+    cfg = Config.load(None, ["train.budget=2m", "train.epochs=300"])
+    bundle = SimpleNamespace(train_loader=[None] * 200, val_loader=[None] * 4)
+    probe = {"step_s": 0.5, "val_batch_s": 0.25}
+    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
+    steps = info["steps_per_epoch"]
+    assert cfg.train.steps_per_epoch == steps and 4 <= steps < 200
+    assert info["epochs_planned"] == cfg.train.epochs >= MIN_BUDGET_EPOCHS
+    planned = cfg.train.epochs * (steps * 0.5 + 4 * 0.25) + info["after_training_s"]
+    assert planned <= SAFETY * 120  # the shortened epochs still fit the budget
+    assert json.loads((tmp_path / "budget.json").read_text())["steps_per_epoch"] == steps
+    # whole epochs that fit ten times over are left alone
+    cfg = Config.load(None, ["train.budget=60m", "train.epochs=300"])
+    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
+    assert info["steps_per_epoch"] is None and cfg.train.steps_per_epoch is None
+    assert info["epochs_planned"] >= MIN_BUDGET_EPOCHS
+    # a step cap you set is yours: kept even when few epochs fit
+    cfg = Config.load(None, ["train.budget=2m", "train.steps_per_epoch=150"])
+    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
+    assert cfg.train.steps_per_epoch == 150 and info["steps_per_epoch"] is None

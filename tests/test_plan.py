@@ -138,3 +138,30 @@ def test_scenes_without_an_up_direction_are_rotated(tmp_path):
     assert p.fingerprint.layout_shift["vertical"] <= 0.1
     assert p.config.augment.vflip == p.config.augment.rotate90 == 0.5
     assert "no up direction" in p.reasons["augment.rotate90"]
+
+
+def test_georeferenced_rasters_get_tiles_sized_for_the_device():
+    """One 791x718 georeferenced scene (like the shared Landsat subset): tiles, not a
+    resized image; an epoch of random tiles over the area; a batch that BatchNorm can use."""
+    fp = Fingerprint(
+        task="segment", layout="pairs", num_samples=1, splits={"none": 1},
+        classes=["0", "1", "2"], class_pixels={"0": 10**5, "1": 10**5, "2": 10**5},
+        imbalance_ratio=1.05, image_size={"min": [718, 791], "median": [718, 791],
+        "max": [718, 791]}, bands=[3], dtypes=["uint8"], extensions=[".tif"],
+        georeferenced=True,
+    )  # fmt: skip
+    cpu = plan_from_fingerprint(fp, "data", device="cpu").config
+    assert (
+        cpu.data.tile_size == 256
+        and "tiles" in plan_from_fingerprint(fp, "data", device="cpu").reasons["data.tile_size"]
+    )
+    assert 64 <= cpu.data.tiles_per_epoch <= 1024
+    assert cpu.train.batch_size == 8  # a U-Net/ResNet-18 256 px sample is ~110 MB on a CPU
+    assert plan_from_fingerprint(fp, "data", device="cuda").config.data.tile_size == 512
+    small = fp.__class__(**{**fp.__dict__, "image_size": {k: [300, 300] for k in fp.image_size}})
+    assert plan_from_fingerprint(small, "data", device="cuda").config.data.tile_size == 288
+    photos = fp.__class__(**{**fp.__dict__, "georeferenced": False, "extensions": [".png"]})
+    assert plan_from_fingerprint(photos, "data", device="cpu").config.data.tile_size == 512
+    big = fp.__class__(**{**fp.__dict__, "num_samples": 40, "image_size": {
+        k: [10000, 10000] for k in fp.image_size}})  # fmt: skip
+    assert plan_from_fingerprint(big, "data", device="cpu").config.data.tiles_per_epoch == 1024

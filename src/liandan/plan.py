@@ -20,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from liandan.callable_module import make_callable
-from liandan.config import Config, apply_override
+from liandan.config import Config, DataConfig, apply_override
 from liandan.data.fingerprint import Fingerprint
+from liandan.data.readers import RASTER_EXTS
 from liandan.engine.batch_size import MIN_BN_BATCH, MIN_STEPS, batch_cap, pow2_floor
 
 CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
 GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
 MAX_EPOCHS = 300  # upper bound when a time budget decides the length
+TILE_PASSES = 2  # random training tiles per epoch: about two passes over the raster area
+TILES_PER_EPOCH = (64, 1024)  # ... within these bounds
 UPRIGHT_SHIFT = 0.1  # class-mix distance top vs bottom above which scenes are upright
 # Training memory per input pixel and sample, in float32 values (activations + gradients),
 # rough figures measured with torch.cuda.max_memory_allocated at 256 px; x2 safety margin.
 FLOATS_PER_PIXEL = {"lenet": 40, "resnet18": 250, "resnet34": 350, "resnet50": 700}
-SEG_FLOATS_PER_PIXEL = {"mobilenet_v2": 900, "resnet18": 1200, "resnet34": 1400, "resnet50": 2500}
+# U-Net: the slope of peak RSS between batch 2 and 8 (CPU, AdamW steps, 256 px, torch
+# 2.14; measured 2026-11-28: 109 / 118 / 183 / 172 MB a sample), plus ~10%
+SEG_FLOATS_PER_PIXEL = {"mobilenet_v2": 760, "resnet18": 480, "resnet34": 520, "resnet50": 800}
 
 
 @dataclass
@@ -142,9 +147,22 @@ def plan_from_fingerprint(
     overhead = fp.georeferenced or bands > 4 or dtype != "uint8"
     overhead = overhead or (any(e in (".tif", ".tiff") for e in fp.extensions) and h == w)
 
+    # rasters (georeferenced or larger than data.max_image_size) are trained on tiles
+    tiled = seg and bool(fp.extensions) and all(e in RASTER_EXTS for e in fp.extensions)
+    tiled = tiled and (fp.georeferenced or top > DataConfig().max_image_size)
+
     # input size: keep the median image's detail, within what the device trains fast
     cap = (384 if gpu else 224) if not seg else (512 if gpu else 256)
-    if not seg and side <= 64:
+    if tiled:
+        size = max(32, min(32 * (side // 32), cap))
+        put("data.tile_size", size, f"rasters ({w}x{h} median) are trained on random tiles; "
+            f"{size} px keeps full resolution within what {device} trains fast")  # fmt: skip
+        area = fp.num_samples * h * w * (1 - DataConfig().val_fraction)
+        tiles = int(min(max(TILE_PASSES * area / size**2, TILES_PER_EPOCH[0]), TILES_PER_EPOCH[1]))
+        put("data.tiles_per_epoch", tiles, f"about {TILE_PASSES} passes over the training area "
+            f"per epoch, within {TILES_PER_EPOCH[0]}-{TILES_PER_EPOCH[1]} tiles")  # fmt: skip
+        n_train = tiles
+    elif not seg and side <= 64:
         size = max(32, _ceil32(side))
         put("data.image_size", size, f"median image is {w}x{h}: small images are upsampled "
             f"to {size}, the smallest size the small CNNs are built for")  # fmt: skip

@@ -13,6 +13,7 @@ probe, the planned and run epochs and the actual time.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from liandan.config import Config, parse_duration
+from liandan.engine.batch_size import MIN_STEPS
 from liandan.engine.callbacks import any_rank, is_rank_zero
 from liandan.runs import atomic_write_json
 
@@ -34,6 +36,12 @@ LR_FIND_SHARE = 0.1  # of a budget the lr range test (optim.lr=auto) may take
 # 2-minute budget suggested 3e-4, 4.6e-3 and 1.6e-2 for three seeds (RESULTS.md).
 LR_FIND_MIN_STEPS = 100  # the full test (fastai's 100 steps) or the usual rate
 FALLBACK_LR = {"sgd": 0.01, "adagrad": 0.01, "adadelta": 1.0}  # others: 1e-3 (Adam family)
+# Fewer epochs than this would leave no room for the schedule's warmup and decay, early
+# stopping or the best-epoch choice: epochs are shortened instead (train.steps_per_epoch,
+# a random subset of the shuffled training set, or fewer random tiles of rasters).
+MIN_BUDGET_EPOCHS = 10
+
+log = logging.getLogger("liandan")
 
 
 def epochs_for_budget(budget_s: float, epoch_s: float, overhead_s: float, max_epochs: int) -> int:
@@ -44,6 +52,16 @@ def epochs_for_budget(budget_s: float, epoch_s: float, overhead_s: float, max_ep
     """
     usable = SAFETY * budget_s - overhead_s
     return int(max(1, min(max_epochs, usable // max(epoch_s, 1e-6))))
+
+
+def steps_for_epochs(usable_s: float, epochs: int, step_s: float, val_s: float) -> int:
+    """Training steps per epoch so that ``epochs`` epochs (each validated) fit
+    ``usable_s``; at least ``MIN_STEPS``.
+
+    >>> steps_for_epochs(100, 10, 0.5, 2)
+    16
+    """
+    return int(max(MIN_STEPS, (usable_s / epochs - val_s) // max(step_s, 1e-6)))
 
 
 def _steps(loader: Any, cap: int | None) -> int:
@@ -148,6 +166,22 @@ def fit_budget(
     overhead_s = spent_s + 2 * val_s + REPORT_S  # final evaluation (+ samples) and report
     requested = cfg.train.epochs
     epochs = epochs_for_budget(budget_s, epoch_s, overhead_s, requested)
+    shortened, whole = None, epochs
+    target = min(MIN_BUDGET_EPOCHS, requested)
+    if epochs < target and cfg.train.steps_per_epoch is None:
+        shortened = steps_for_epochs(SAFETY * budget_s - overhead_s, target, probe["step_s"], val_s)
+        if shortened < train_steps:
+            cfg.train.steps_per_epoch = shortened
+            epoch_s = shortened * probe["step_s"] + val_s
+            epochs = epochs_for_budget(budget_s, epoch_s, overhead_s, requested)
+            log.info(
+                "train.budget=%s: %d whole epoch(s) of %d steps would fit; epochs cut to "
+                "%d steps (train.steps_per_epoch) so %d fit, leaving room for the schedule, "
+                "early stopping and the best-epoch choice",
+                cfg.train.budget, whole, train_steps, shortened, epochs,
+            )  # fmt: skip
+        else:
+            shortened = None
     cfg.train.epochs = epochs
     patience_from_budget = cfg.train.patience is None  # a patience you set is kept
     if patience_from_budget:
@@ -162,6 +196,7 @@ def fit_budget(
         "spent_before_training_s": round(spent_s, 3),
         "epochs_requested": requested,
         "epochs_planned": epochs,
+        "steps_per_epoch": shortened,  # set when whole epochs would be too few
         "patience": cfg.train.patience,
     }
     atomic_write_json(run_dir / "budget.json", info)
