@@ -177,6 +177,10 @@ def test_an_alpha_band_is_read_as_the_valid_mask_not_as_data(tmp_path: Path) -> 
     plain = write_raster(tmp_path / "four.tif", np.concatenate([image, image[:1]]))
     with pytest.raises(DataError, match="4 band"):
         stream_to(balanced_predictor(image, tile=32), plain, tmp_path / "out2.tif")
+    # a model trained before alpha bands were masks (alpha as a 4th input) still predicts
+    old = Predictor(ConvNet(4), meta(4), device="cpu", tile=32)
+    with rasterio.open(scene) as src:
+        assert old.check_raster(src, scene) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("height", [300, 1200])

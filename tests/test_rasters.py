@@ -277,3 +277,30 @@ def test_a_label_rasters_nodata_value_is_no_label(tmp_path: Path) -> None:
     _, mask = ds.read(ds.regions[0], 0, 0)  # rows 0-64, columns 0-64
     assert (mask[40:60, 60:64] == -1).all()
     assert (mask[:40, 20:] >= 1).all()  # labelled pixels keep their class
+
+
+def test_an_alpha_band_is_a_mask_in_training_and_scan(tmp_path: Path) -> None:
+    """RGBA GeoTIFFs (gdalwarp -dstalpha, QGIS exports): 3 input bands, alpha-0 pixels
+    ignored, the same fingerprint as the nodata-value copy of the scene."""
+    from rasterio.enums import ColorInterp
+
+    from liandan.scan_report import scan
+
+    root = make_scene(tmp_path / "data")
+    scene = root / "images" / "scene.tif"
+    with rasterio.open(scene) as src:
+        image, valid = src.read(), src.dataset_mask()
+    reference = scan(root, use_cache=False).fingerprint
+    alpha = np.where(valid > 0, 65535, 0).astype(np.uint16)[None]
+    write(scene, np.concatenate([image[:3], alpha]))  # no nodata value: alpha marks it
+    with rasterio.open(scene, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    bundle = bundle_for(root, "data.val_fraction=0.1")
+    assert bundle.in_channels == 3
+    ds = bundle.train_loader.dataset
+    x, mask = ds.read(ds.regions[0], 0, 0)
+    assert x.shape[2] == 3 and (mask[:, :20] == -1).all() and (mask[:, 20:] >= 0).all()
+    fp = scan(root, use_cache=False).fingerprint
+    assert fp.bands == [3] and fp.nodata_value is None
+    assert fp.nodata_fraction == pytest.approx(reference.nodata_fraction)
+    assert np.allclose(fp.band_mean, reference.band_mean[:3], atol=1e-3)

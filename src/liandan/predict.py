@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from liandan.callable_module import make_callable
-from liandan.data.readers import RASTER_EXTS, band_indexes, read_image, valid_mask
+from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, read_image, valid_mask
 from liandan.data.transforms import Normalizer, eval_resize_crop
 from liandan.errors import ConfigError, DataError
 from liandan.runs import load_model
@@ -217,16 +217,12 @@ class Predictor:
 
     def check_raster(self, src: Any, path: Path) -> list[int]:
         """Band indexes to read; refuse bands or dtypes unlike training, warn on pixel size."""
-        indexes = band_indexes(
-            self.bands,
-            src.count,
-            path,
-            hint="predict rasters with the bands the model was trained on",
-        )
+        alpha = alpha_bands(src)  # they mark valid pixels (dataset_mask), they are not data
+        hint = "predict rasters with the bands the model was trained on"
+        indexes = band_indexes(self.bands, src.count, path, hint, alpha)
         expected = int(self.meta["in_channels"])
-        if self.bands is None and len(indexes) == expected + 1 and _is_alpha(src, indexes[-1]):
-            # an alpha band marks valid pixels (read through dataset_mask), it is not data
-            indexes = indexes[:-1]
+        if self.bands is None and alpha and len(indexes) < expected == src.count:
+            indexes = list(range(1, src.count + 1))  # a model trained with alpha as data
         n = 3 if self.to_rgb and len(indexes) in (1, 3, 4) else len(indexes)
         if n != expected:
             raise DataError(
@@ -418,16 +414,6 @@ def predict(
         write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
         written.append(out_dir / "predictions.csv")
     return PredictResult(out_dir, written, preds)
-
-
-def _is_alpha(src: Any, band: int) -> bool:
-    """Whether a band of an open rasterio dataset is an alpha (transparency) band."""
-    from rasterio.enums import ColorInterp
-
-    try:
-        return bool(src.colorinterp[band - 1] == ColorInterp.alpha)
-    except (IndexError, ValueError):
-        return False
 
 
 make_callable(__name__, "predict")  # liandan.predict(...) calls predict() even once imported

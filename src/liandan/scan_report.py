@@ -33,10 +33,19 @@ from liandan.data.fingerprint import (
     check_records,
 )
 from liandan.data.layouts import find_samples, read_classes_yaml
-from liandan.data.readers import RASTER_EXTS, image_shape, is_image_file, read_image, read_mask
+from liandan.data.readers import (
+    RASTER_EXTS,
+    alpha_bands,
+    band_indexes,
+    image_shape,
+    is_image_file,
+    read_image,
+    read_mask,
+    valid_mask,
+)
 from liandan.errors import DataError
 
-CACHE_VERSION = 3  # 2: mask value counts per border third; 3: statistics without nodata
+CACHE_VERSION = 4  # 2: mask counts per border third; 3: stats without nodata; 4: alpha
 MAX_PIXELS = 179_000_000  # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 # files a dataset folder may hold besides images
 KNOWN_FILES = {"classes.yaml", "labels.csv", "readme.md", "readme.txt", "license", "license.txt"}
@@ -136,11 +145,16 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
         img = read_image(path)
     except DataError as exc:
         return {**rec, "error": "unreadable", "reason": exc.message}
-    if path.suffix.lower() in RASTER_EXTS:
+    flat = img.reshape(-1, img.shape[2]).astype(np.float64)
+    if path.suffix.lower() in RASTER_EXTS:  # the nodata value, a mask band or alpha
+        from liandan.predict_outputs import open_raster
+
+        with open_raster(path) as src:
+            empty = ~valid_mask(src, None, nodata).reshape(-1)
         tag, rec["geo"] = _raster_header(path)
         nodata = nodata if nodata is not None else tag
-    flat = img.reshape(-1, img.shape[2]).astype(np.float64)
-    empty = (flat == nodata).all(1) if nodata is not None else np.zeros(len(flat), bool)
+    else:
+        empty = (flat == nodata).all(1) if nodata is not None else np.zeros(len(flat), bool)
     data = flat[~empty] if not empty.all() else flat  # statistics of the pixels with data
     rec.update(
         h=int(img.shape[0]),
@@ -175,10 +189,11 @@ def _inspect_raster_by_rows(
     from liandan.predict_outputs import open_raster
 
     tag, rec["geo"] = _raster_header(path)
-    nodata = nodata if nodata is not None else tag
+    asked, nodata = nodata, nodata if nodata is not None else tag
     try:
         with open_raster(path) as src:
-            h, w, c = src.height, src.width, src.count
+            indexes = band_indexes(None, src.count, path, alpha=alpha_bands(src))
+            h, w, c = src.height, src.width, len(indexes)
             rows = max(1, CHUNK_VALUES // max(1, w * c))
             stride = max(1, (h * w) // SAMPLE_PIXELS)
             digest = hashlib.sha1()
@@ -188,14 +203,12 @@ def _inspect_raster_by_rows(
             sample = []
             for top in range(0, h, rows):
                 n = min(rows, h - top)
-                chunk = np.moveaxis(src.read(window=Window(0, top, w, n)), 0, -1)
+                window = Window(0, top, w, n)
+                chunk = np.moveaxis(src.read(indexes, window=window), 0, -1)
                 digest.update(np.ascontiguousarray(chunk).tobytes())  # HWC order, as whole
                 flat = chunk.reshape(-1, c).astype(np.float64)
-                if nodata is not None:
-                    has_data = ~(flat == nodata).all(1)
-                    empty += int(len(flat) - has_data.sum())
-                else:
-                    has_data = np.ones(len(flat), bool)
+                has_data = valid_mask(src, window, asked).reshape(-1)
+                empty += int(len(flat) - has_data.sum())
                 picked = np.zeros(len(flat), bool)
                 picked[(-(top * w)) % stride :: stride] = True
                 flat, picked = flat[has_data], picked[has_data]
@@ -431,8 +444,9 @@ def print_report(report: ScanReport, console: Any) -> None:
     if fp.class_pixels:
         rows.append(("pixels per class", str(fp.class_pixels)))
     rows.append(("imbalance ratio", str(fp.imbalance_ratio)))
-    if fp.nodata_value is not None:
-        rows.append(("nodata", f"value {fp.nodata_value}: {fp.nodata_fraction:.2%} of pixels"))
+    if fp.nodata_fraction is not None:
+        source = "mask or alpha band" if fp.nodata_value is None else f"value {fp.nodata_value}"
+        rows.append(("nodata", f"{source}: {fp.nodata_fraction:.2%} of pixels"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

@@ -271,8 +271,9 @@ def build_fingerprint(
     fp.georeferenced = any(r.get("geo") for r in recs)
     tags = {r.get("nodata") for r in recs} - {None}
     fp.nodata_value = nodata if nodata is not None else (tags.pop() if len(tags) == 1 else None)
-    if fp.nodata_value is not None:
-        fp.nodata_fraction = round(sum(r["nodata_pixels"] for r in recs) / hw.prod(1).sum(), 6)
+    empty = sum(r.get("nodata_pixels", 0) for r in recs)
+    if fp.nodata_value is not None or empty:  # a value, or a mask or alpha band
+        fp.nodata_fraction = round(empty / hw.prod(1).sum(), 6)
     if index.task == "classify":
         fp.classes = list(index.classes.names)
         counts = Counter(int(s.target) for s in good)  # type: ignore[arg-type]

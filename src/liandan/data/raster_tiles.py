@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from liandan.data.layouts import Sample
 from liandan.data.raster_labels import class_index
-from liandan.data.readers import valid_mask
+from liandan.data.readers import alpha_bands, band_indexes, valid_mask
 from liandan.data.scan import CheckedDataset, MaskMapper
 from liandan.errors import DataError
 
@@ -130,7 +130,7 @@ class RasterTiles(Dataset):
         h, w = min(self.tile, region.bottom - top), min(self.tile, region.width - left)
         window = Window(left, top, w, h)
         src = self._src(s.image)
-        indexes = self.bands or list(range(1, src.count + 1))
+        indexes = self.bands or band_indexes(None, src.count, s.image, alpha=alpha_bands(src))
         try:
             image = np.moveaxis(src.read(indexes, window=window), 0, -1)
             valid = valid_mask(src, window, self.nodata)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from liandan.data.layouts import ClassSpec, DatasetIndex
 from liandan.data.raster_labels import VECTOR_EXTS, polygon_classes, read_polygons
 from liandan.data.raster_tiles import RasterTiles, Region, _open, fit_raster_normalizer
-from liandan.data.readers import RASTER_EXTS, raster_all_nodata
+from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, raster_all_nodata
 from liandan.data.scan import CheckedDataset
 from liandan.errors import DataError
 
@@ -72,7 +72,7 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
     bands = cfg.data.bands
     for s in index.samples:
         with _open(s.image) as img:
-            indexes = bands or list(range(1, img.count + 1))
+            indexes = bands or band_indexes(None, img.count, s.image, alpha=alpha_bands(img))
             if any(not 1 <= b <= img.count for b in indexes):
                 problems.append(f"{s.image}: bands {indexes} requested, the file has {img.count}")
             counts.add(len(indexes))

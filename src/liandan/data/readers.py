@@ -12,6 +12,7 @@ colour masks). Any failure is a :class:`DataError` naming the file.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,32 @@ def band_indexes(
     count: int,
     path: Path | str,
     hint: str = "data.bands holds 1-based band indices, as in GDAL",
+    alpha: Sequence[int] = (),
 ) -> list[int]:
-    """The 1-based band indexes to read (all when ``bands`` is None), checked."""
-    indexes = list(bands or range(1, count + 1))
+    """The 1-based band indexes to read, checked.
+
+    ``bands`` None: every band but the ``alpha`` ones (see :func:`alpha_bands`).
+    """
+    data = [b for b in range(1, count + 1) if b not in alpha]
+    indexes = list(bands or data or range(1, count + 1))
     bad = [b for b in indexes if not 1 <= b <= count]
     if bad:
         raise DataError(f"band(s) {bad} requested but the file has {count}", where=path, hint=hint)
     return indexes
+
+
+def alpha_bands(src: Any) -> list[int]:
+    """1-based indexes of the alpha (transparency) bands of an open rasterio dataset.
+
+    An alpha band marks which pixels have data (GDAL's dataset mask reads it); it is
+    not image data, so rasters are read without it unless ``data.bands`` names it.
+    """
+    from rasterio.enums import ColorInterp
+
+    try:
+        return [i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha]
+    except ValueError:  # a colour interpretation rasterio does not know
+        return []
 
 
 def _open_pil(path: Path, decode: bool = True) -> Image.Image:
@@ -126,7 +146,7 @@ def _read_raster(path: Path, bands: list[int] | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                arr = src.read(band_indexes(bands, src.count, path))  # (C, H, W)
+                arr = src.read(band_indexes(bands, src.count, path, alpha=alpha_bands(src)))
     except DataError:
         raise
     except Exception as exc:
@@ -213,7 +233,7 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(path) as src:
-                    return src.height, src.width, src.count
+                    return src.height, src.width, src.count - len(alpha_bands(src)) or src.count
         with Image.open(path) as img:
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: rotated 90 degrees
