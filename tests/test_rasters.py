@@ -304,3 +304,17 @@ def test_an_alpha_band_is_a_mask_in_training_and_scan(tmp_path: Path) -> None:
     assert fp.bands == [3] and fp.nodata_value is None
     assert fp.nodata_fraction == pytest.approx(reference.nodata_fraction)
     assert np.allclose(fp.band_mean, reference.band_mean[:3], atol=1e-3)
+
+
+def test_label_values_outside_classes_yaml_are_an_error_naming_the_raster(
+    tmp_path: Path,
+) -> None:
+    """Not silently ignored: the label raster holds 0, 1, 2; classes.yaml names two."""
+    root = make_scene(tmp_path / "data")
+    (root / "classes.yaml").write_text("names: [ground, field]\n")
+    with pytest.raises(DataError) as info:
+        bundle_for(root)
+    text = info.value.render()
+    assert "masks/scene.tif: value(s) [2] are not classes" in text and "hint:" in text
+    (root / "classes.yaml").write_text("names: [ground, field]\nignore_index: 2\n")
+    assert bundle_for(root).classes.names == ["ground", "field"]  # 2 declared ignored

@@ -107,30 +107,53 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
             items=problems,
             hint="reproject the labels onto the image grid (gdalwarp), or set data.align=warp",
         )
+    values = {} if polygons else _label_values(index)
     if not index.classes.names:
         if polygons:
             index.classes = polygon_classes(
                 [p for ps in polygons.values() for p in ps], cfg.data.unlabelled
             )
         else:
-            index.classes = _raster_classes(index)
+            index.classes = _raster_classes(index, values)
         index.notes.append(f"classes from the labels: {index.classes.names}")
+    elif values:  # classes.yaml: every label value must be one of them (or ignored)
+        known = set(index.classes.raw_values()) | {index.classes.ignore_index}
+        bad = [
+            f"{path}: value(s) {sorted(v - known)[:8]} are not classes"
+            for path, v in values.items()
+            if v - known
+        ]
+        if bad:
+            raise DataError(
+                f"{len(bad)} label raster(s) hold values that are not classes",
+                where=index.root,
+                items=bad,
+                hint="add them to classes.yaml, set data.ignore_index, or declare them "
+                "the label raster's nodata value (no label)",
+            )
     checked = CheckedDataset(index, in_channels=counts.pop(), dtype=sorted(dtypes)[0])
     checked.polygons = polygons  # type: ignore[attr-defined]
     return checked
 
 
-def _raster_classes(index: DatasetIndex) -> ClassSpec:
-    """Class values of label rasters, read block by block (bounded memory)."""
-    values: set[int] = set()
+def _label_values(index: DatasetIndex) -> dict[Path, set[int]]:
+    """The values of each label raster but its nodata value, read block by block."""
+    found: dict[Path, set[int]] = {}
     for s in index.samples:
         assert isinstance(s.target, Path)
+        values = found.setdefault(s.target, set())
         with _open(s.target) as lab:
             for _, window in lab.block_windows(1):
                 block = lab.read(1, window=window)
                 if lab.nodata is not None:
                     block = block[block != lab.nodata]
                 values.update(int(v) for v in np.unique(block))
+    return found
+
+
+def _raster_classes(index: DatasetIndex, found: dict[Path, set[int]]) -> ClassSpec:
+    """Classes 0..max of the label rasters' values (``found`` by :func:`_label_values`)."""
+    values: set[int] = set().union(*found.values()) if found else set()
     ignore = index.classes.ignore_index
     values.discard(ignore if ignore is not None else -(10**9))
     top = max(values | {1})
