@@ -151,7 +151,7 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
 
         with open_raster(path) as src:
             empty = ~valid_mask(src, None, nodata).reshape(-1)
-        tag, rec["geo"] = _raster_header(path)
+            tag, rec["geo"] = src.nodata, src.crs is not None
         nodata = nodata if nodata is not None else tag
     else:
         empty = (flat == nodata).all(1) if nodata is not None else np.zeros(len(flat), bool)

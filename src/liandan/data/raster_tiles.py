@@ -95,6 +95,7 @@ class RasterTiles(Dataset):
         self._rarity: np.ndarray | None = None  # per class, 1 for the rarest
         self.mapper = MaskMapper(self.classes)
         self._handles: dict[Path, Any] = {}
+        self._indexes: dict[Path, list[int]] = {}  # bands read per raster (alpha left out)
         self.windows = [] if train else self._grid()
         areas = np.array([(r.bottom - r.top) * r.width for r in self.regions], float)
         self.weights = areas / max(areas.sum(), 1.0)
@@ -130,7 +131,12 @@ class RasterTiles(Dataset):
         h, w = min(self.tile, region.bottom - top), min(self.tile, region.width - left)
         window = Window(left, top, w, h)
         src = self._src(s.image)
-        indexes = self.bands or band_indexes(None, src.count, s.image, alpha=alpha_bands(src))
+        if s.image not in self._indexes:
+            alpha = alpha_bands(src)
+            self._indexes[s.image] = self.bands or band_indexes(
+                None, src.count, s.image, alpha=alpha
+            )
+        indexes = self._indexes[s.image]
         try:
             image = np.moveaxis(src.read(indexes, window=window), 0, -1)
             valid = valid_mask(src, window, self.nodata)
