@@ -327,7 +327,9 @@ def test_precision_auto_is_bf16_or_fp16_on_a_gpu_and_float32_on_the_cpu(monkeypa
         inference_dtype("fp8", cpu)
 
 
-def test_the_cli_names_a_damaged_raster_once_without_gdal_noise(tmp_path: Path) -> None:
+def test_the_cli_names_a_damaged_raster_once_without_gdal_noise_or_an_empty_folder(
+    tmp_path: Path,
+) -> None:
     import subprocess
     import sys
 
@@ -343,7 +345,10 @@ def test_the_cli_names_a_damaged_raster_once_without_gdal_noise(tmp_path: Path) 
     assert "data error" in done.stderr and "scene.tif: cannot read rows" in done.stderr
     assert "GDAL signalled" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()  # no empty output folder left behind
+    (tmp_path / "out2").mkdir()  # a folder that was there stays
     debug = subprocess.run(
         [*cmd, "--out", str(tmp_path / "out2"), "--debug"], capture_output=True, text=True
     )
     assert "GDAL signalled" in debug.stderr and "Traceback" in debug.stderr  # all of it
+    assert (tmp_path / "out2").is_dir()

@@ -367,6 +367,7 @@ def predict(
         RasterWriter,
         list_inputs,
         open_raster,
+        output_folder,
         progress_bar,
         write_prediction,
         write_predictions_csv,
@@ -389,30 +390,29 @@ def predict(
         precision=precision,
     )
     files = list_inputs(inputs)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     preds: list[Prediction] = []
     written: list[Path] = []
-    for path in files:
-        if predictor.task == "segment" and path.suffix.lower() in RASTER_EXTS:
-            target = out_dir / f"{path.stem}.tif"
-            probs_path = out_dir / f"{path.stem}_probs.tif" if probs else None
-            with open_raster(path) as src:
-                writer = RasterWriter(src, predictor, target, probs_path=probs_path, cog=cog)
-            with writer, progress_bar(predictor, path, enabled=progress):
-                predictor.predict_raster(path, writer)
-            written += [target, *([probs_path] if probs_path else [])]
-            if vector:
-                written.append(write_vectors(target, predictor, vector, min_area))
-            preds.append(Prediction(path, None, None, output=target))
-            continue
-        pred = predictor.predict_file(path)
-        preds.append(pred)
-        if predictor.task == "segment":
-            written.append(write_prediction(pred, predictor, out_dir))
-    if predictor.task == "classify":
-        write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
-        written.append(out_dir / "predictions.csv")
+    with output_folder(Path(out)) as out_dir:  # removed again if a failure leaves it empty
+        for path in files:
+            if predictor.task == "segment" and path.suffix.lower() in RASTER_EXTS:
+                target = out_dir / f"{path.stem}.tif"
+                probs_path = out_dir / f"{path.stem}_probs.tif" if probs else None
+                with open_raster(path) as src:
+                    writer = RasterWriter(src, predictor, target, probs_path=probs_path, cog=cog)
+                with writer, progress_bar(predictor, path, enabled=progress):
+                    predictor.predict_raster(path, writer)
+                written += [target, *([probs_path] if probs_path else [])]
+                if vector:
+                    written.append(write_vectors(target, predictor, vector, min_area))
+                preds.append(Prediction(path, None, None, output=target))
+                continue
+            pred = predictor.predict_file(path)
+            preds.append(pred)
+            if predictor.task == "segment":
+                written.append(write_prediction(pred, predictor, out_dir))
+        if predictor.task == "classify":
+            write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
+            written.append(out_dir / "predictions.csv")
     return PredictResult(out_dir, written, preds)
 
 

@@ -36,6 +36,20 @@ GDAL_CACHE_MB = 64
 
 
 @contextlib.contextmanager
+def output_folder(out_dir: Path) -> Iterator[Path]:
+    """Create ``out_dir`` for predict; if predict fails before writing anything into a
+    folder it created, the empty folder is removed again (a folder you had stays)."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out_dir
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def open_raster(path: Path) -> Iterator[Any]:
     """Open a raster with rasterio, reporting failures as a DataError naming the file."""
     import rasterio
