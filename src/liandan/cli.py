@@ -211,6 +211,7 @@ def predict(
     ] = "auto",
 ) -> None:
     """Predict images or rasters with a trained run (rasters are streamed, any size)."""
+    from liandan.predict import PRECISIONS
     from liandan.predict import predict as run_predict
 
     if blend not in ("gaussian", "hann", "none"):
@@ -219,8 +220,8 @@ def predict(
         raise BadParameter("must be in [0, 1)", param_hint="--overlap")
     if vector not in (None, "geojson", "gpkg"):
         raise BadParameter("must be geojson or gpkg", param_hint="--vector")
-    if precision not in ("auto", "32", "bf16", "16"):
-        raise BadParameter("must be auto, 32, bf16 or 16", param_hint="--precision")
+    if precision not in PRECISIONS:
+        raise BadParameter(f"must be one of {', '.join(PRECISIONS)}", param_hint="--precision")
     result = run_predict(
         run,
         inputs,
