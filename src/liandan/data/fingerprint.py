@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
+from liandan.data.raster_labels import VECTOR_EXTS, polygon_classes, read_polygons
 from liandan.data.scan import MaskMapper, infer_classes
 from liandan.errors import DataError
 
@@ -72,9 +73,15 @@ class Fingerprint:
 
 
 def classes_for(index: DatasetIndex, masks: dict[Path, dict[str, Any]]) -> tuple[ClassSpec, str]:
-    """The dataset's classes: classes.yaml, or inferred from the mask values."""
+    """The dataset's classes: classes.yaml, or inferred from the mask values.
+
+    No classes (an empty :class:`ClassSpec`) when no mask could be read: every sample
+    already has a problem of its own, so there is nothing to infer from.
+    """
     if index.classes.names:
         return index.classes, ""
+    if not masks:
+        return ClassSpec([], ignore_index=index.classes.ignore_index), ""
     arrays = {
         p: np.zeros((1, 1, 3)) if r.get("color") else np.array([int(v) for v in r["values"]])
         for p, r in masks.items()
@@ -102,10 +109,27 @@ def sample_split(sample: Sample) -> str:
 
 
 # ------------------------------------------------------------------ problems
+def is_vector(path: int | Path) -> bool:
+    """A polygon label file (GeoJSON, GeoPackage, shapefile), not a mask image."""
+    return isinstance(path, Path) and path.suffix.lower() in VECTOR_EXTS
+
+
 def _usable(sample: Sample, records: dict[Path, dict[str, Any]]) -> bool:
     if "error" in records[sample.image]:
         return False
-    return not isinstance(sample.target, Path) or "error" not in records[sample.target]
+    target = sample.target
+    return not isinstance(target, Path) or is_vector(target) or "error" not in records[target]
+
+
+def _mask_records(
+    good: list[Sample], records: dict[Path, dict[str, Any]]
+) -> dict[Path, dict[str, Any]]:
+    """The records of the mask images of ``good`` samples (polygon labels are not masks)."""
+    return {
+        s.target: records[s.target]
+        for s in good
+        if isinstance(s.target, Path) and not is_vector(s.target)
+    }
 
 
 def check_records(
@@ -115,7 +139,7 @@ def check_records(
     problems: list[Problem] = []
     for sample in index.samples:
         for path in (sample.image, sample.target):
-            if isinstance(path, Path) and "error" in records[path]:
+            if isinstance(path, Path) and not is_vector(path) and "error" in records[path]:
                 problems.append(Problem(records[path]["error"], str(path), records[path]["reason"]))
     good = [s for s in index.samples if _usable(s, records)]
     for s in good:
@@ -126,7 +150,7 @@ def check_records(
         if min(img["h"], img["w"]) < MIN_SIDE:
             reason = f"{img['w']}x{img['h']} px: below {MIN_SIDE} px on a side"
             problems.append(Problem("too-small", str(s.image), reason))
-        if isinstance(s.target, Path):
+        if isinstance(s.target, Path) and not is_vector(s.target):
             m = records[s.target]
             if (m["h"], m["w"]) != (img["h"], img["w"]):
                 reason = f"mask is {m['w']}x{m['h']} but its image is {img['w']}x{img['h']}"
@@ -159,7 +183,7 @@ def _band_problems(
 def _mask_problems(
     index: DatasetIndex, good: list[Sample], records: dict[Path, dict[str, Any]]
 ) -> list[Problem]:
-    masks = {s.target: records[s.target] for s in good if isinstance(s.target, Path)}
+    masks = _mask_records(good, records)
     try:
         spec, _ = classes_for(index, masks)
     except DataError as exc:
@@ -280,7 +304,9 @@ def build_fingerprint(
         fp.class_images = {n: counts.get(i, 0) for i, n in enumerate(fp.classes)}
         freq = list(fp.class_images.values())
     else:
-        masks = {s.target: records[s.target] for s in good if isinstance(s.target, Path)}
+        masks = _mask_records(good, records)
+        if any(is_vector(s.target) for s in good):
+            return _polygon_fingerprint(fp, index, good)
         try:
             spec, _ = classes_for(index, masks)
         except DataError:
@@ -299,6 +325,36 @@ def build_fingerprint(
     positive = [f for f in freq if f > 0]
     if positive:
         fp.imbalance_ratio = round(max(positive) / min(positive), 3)
+    return fp
+
+
+def _polygon_fingerprint(fp: Fingerprint, index: DatasetIndex, good: list[Sample]) -> Fingerprint:
+    """Classes and the label files holding each, for rasters labelled by polygons.
+
+    Pixel counts would need every polygon rasterized: left out. A layer that cannot be
+    read is left out here; the label checks name it (``data.rasters.check_labels``).
+    """
+    found: dict[Path, set[Any]] = {}
+    for s in good:
+        if is_vector(s.target):
+            try:
+                found[s.target] = {v for _, v in read_polygons(s.target, "class")}  # type: ignore[arg-type]
+            except DataError:
+                continue
+    spec = index.classes
+    if not spec.names:
+        spec = polygon_classes([(None, v) for vs in found.values() for v in vs], "background")
+    fp.classes, fp.ignore_index = list(spec.names), spec.ignore_index
+    raw = spec.raw_values()
+    images: dict[str, int] = {}  # unlabelled pixels (background) are in no polygon
+    for values in found.values():
+        for v in values:
+            name = str(v) if str(v) in spec.names else None
+            if name is None and isinstance(v, int | float) and int(v) in raw:
+                name = spec.names[raw.index(int(v))]
+            if name is not None:
+                images[name] = images.get(name, 0) + 1
+    fp.class_images = {n: images[n] for n in spec.names if n in images}
     return fp
 
 
