@@ -336,14 +336,14 @@ def _polygon_fingerprint(fp: Fingerprint, index: DatasetIndex, good: list[Sample
     """
     found: dict[Path, set[Any]] = {}
     for s in good:
-        if is_vector(s.target):
+        if isinstance(s.target, Path) and is_vector(s.target):
             try:
-                found[s.target] = {v for _, v in read_polygons(s.target, "class")}  # type: ignore[arg-type]
+                found[s.target] = {v for _, v in read_polygons(s.target, "class")}
             except DataError:
                 continue
     spec = index.classes
     if not spec.names:
-        spec = polygon_classes([(None, v) for vs in found.values() for v in vs], "background")
+        spec = polygon_classes([({}, v) for vs in found.values() for v in vs], "background")
     fp.classes, fp.ignore_index = list(spec.names), spec.ignore_index
     raw = spec.raw_values()
     images: dict[str, int] = {}  # unlabelled pixels (background) are in no polygon
