@@ -57,8 +57,9 @@ def make_scene(root: Path, *, height: int = 150, width: int = 130, label: str = 
             },
         ]
         (root / "labels").mkdir(parents=True)
+        crs = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}
         (root / "labels" / "scene.geojson").write_text(
-            json.dumps({"type": "FeatureCollection", "features": features})
+            json.dumps({"type": "FeatureCollection", "crs": crs, "features": features})
         )
     return root
 

@@ -405,6 +405,7 @@ def scan(
         records, decoded = _records(paths, cache, nodata, progress)
     if use_cache:
         _save_cache(cache_file, {str(p): r for p, r in records.items()})
+    problems += _label_grid_problems(index, records)
     notes = list(index.notes)
     problems += check_records(index, records, notes)
     problems += _stray_files(root, {p for p, _ in paths})
@@ -412,6 +413,19 @@ def scan(
     return ScanReport(
         root, problems, fingerprint, notes, decoded=decoded, cached=len(records) - decoded
     )
+
+
+def _label_grid_problems(index: Any, records: dict[Path, dict[str, Any]]) -> list[Problem]:
+    """Training's checks of label rasters (CRS, transform) and polygons (CRS, overlap)."""
+    from liandan.data.rasters import check_labels
+
+    def readable(path: Any) -> bool:
+        return "error" not in records.get(path, {})
+
+    # unreadable files are problems of their own; sizes are compared from the records
+    samples = [s for s in index.samples if readable(s.image) and readable(s.target)]
+    found, _ = check_labels(index, sizes=False, samples=samples)
+    return [Problem(kind, str(file), reason, blocking=True) for kind, file, reason in found]
 
 
 def print_report(report: ScanReport, console: Any) -> None:

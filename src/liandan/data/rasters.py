@@ -26,8 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from liandan.data.layouts import ClassSpec, DatasetIndex
-from liandan.data.raster_labels import VECTOR_EXTS, polygon_classes, read_polygons
+from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
+from liandan.data.raster_labels import (
+    VECTOR_EXTS,
+    Polygons,
+    polygon_classes,
+    polygons_on_grid,
+    read_layer,
+)
 from liandan.data.raster_tiles import RasterTiles, Region, _open, fit_raster_normalizer
 from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, raster_all_nodata
 from liandan.data.scan import CheckedDataset
@@ -63,12 +69,70 @@ def wants_tiles(index: DatasetIndex, max_image_size: int) -> bool:
 
 
 # ---------------------------------------------------------------- checks
+def check_labels(
+    index: DatasetIndex,
+    *,
+    align: str = "error",
+    label_attribute: str = "class",
+    sizes: bool = True,
+    samples: list[Sample] | None = None,
+) -> tuple[list[tuple[str, Path, str]], dict[Path, Polygons]]:
+    """Every label of a raster dataset against its image, from headers and polygons.
+
+    A label raster must be on its image's grid (CRS, transform and, with ``sizes``,
+    size) unless ``align`` is ``warp``; polygons are reprojected to their raster's CRS
+    and must overlap it (:func:`~liandan.data.raster_labels.polygons_on_grid`).
+    Training and ``liandan scan`` both call this, so they agree. Samples whose image is
+    not a raster file and whose label is not a vector file are not looked at;
+    ``samples`` limits the check to some of the index's samples.
+
+    Returns:
+        ``(kind, label file, reason naming both files)`` per problem, and the polygons
+        of each vector label file in its raster's CRS. Notes about warping and
+        reprojection go to ``index.notes``.
+    """
+    problems: list[tuple[str, Path, str]] = []
+    polygons: dict[Path, Polygons] = {}
+    for s in index.samples if samples is None else samples:
+        if not isinstance(s.target, Path):
+            continue
+        vector = s.target.suffix.lower() in VECTOR_EXTS
+        if not vector and s.image.suffix.lower() not in RASTER_EXTS:
+            continue
+        try:
+            with _open(s.image) as img:
+                if vector:
+                    layer = read_layer(s.target, label_attribute)
+                    polygons[s.target], note = polygons_on_grid(layer, s.image, img)
+                    if note:
+                        index.notes.append(note)
+                    continue
+                with _open(s.target) as lab:
+                    diff = []
+                    if lab.crs != img.crs:
+                        diff.append(f"CRS {lab.crs} vs {img.crs}")
+                    if lab.transform != img.transform:
+                        diff.append("transform (origin or pixel size) differs")
+                    if sizes and (lab.width, lab.height) != (img.width, img.height):
+                        diff.append(f"size {lab.width}x{lab.height} vs {img.width}x{img.height}")
+        except DataError as exc:
+            reason = exc.message if str(s.image) in exc.message else f"{exc.message} ({s.image})"
+            kind = "polygon-labels" if vector else "unreadable"
+            problems.append((kind, s.target, f"{reason}; {exc.hint}" if exc.hint else reason))
+            continue
+        if diff and align != "warp":
+            reason = f"not on the grid of {s.image}: " + "; ".join(diff)
+            problems.append(("label-grid", s.target, reason + " (or set data.align=warp)"))
+        elif diff:
+            index.notes.append(f"{s.target} is warped onto the grid of {s.image}")
+    return problems, polygons
+
+
 def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
     """Header-only checks of every raster and its labels; every problem listed at once."""
     problems: list[str] = []
     counts: set[int] = set()
     dtypes: set[str] = set()
-    polygons: dict[Path, list[tuple[dict[str, Any], Any]]] = {}
     bands = cfg.data.bands
     for s in index.samples:
         with _open(s.image) as img:
@@ -79,25 +143,10 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
             dtypes.add(img.dtypes[0])
             if raster_all_nodata(s.image, cfg.data.nodata):
                 problems.append(f"{s.image}: every pixel is nodata: nothing to learn")
-            assert isinstance(s.target, Path)
-            if s.target.suffix.lower() in VECTOR_EXTS:
-                polygons[s.target] = read_polygons(s.target, cfg.data.label_attribute)
-                continue
-            with _open(s.target) as lab:
-                diff = []
-                if lab.crs != img.crs:
-                    diff.append(f"CRS {lab.crs} vs {img.crs}")
-                if lab.transform != img.transform:
-                    diff.append("transform (origin or pixel size) differs")
-                if (lab.width, lab.height) != (img.width, img.height):
-                    diff.append(f"size {lab.width}x{lab.height} vs {img.width}x{img.height}")
-                if diff and cfg.data.align != "warp":
-                    problems.append(
-                        f"label raster {s.target} is not on the grid of {s.image}: "
-                        + "; ".join(diff)
-                    )
-                elif diff:
-                    index.notes.append(f"{s.target} is warped onto the grid of {s.image}")
+    label_problems, polygons = check_labels(
+        index, align=cfg.data.align, label_attribute=cfg.data.label_attribute
+    )
+    problems += [f"{file}: {reason}" for _, file, reason in label_problems]
     if len(counts) > 1:
         problems.append(f"the rasters have different band counts: {sorted(counts)}")
     if problems:
@@ -105,7 +154,9 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
             f"{len(problems)} raster problem(s)",
             where=index.root,
             items=problems,
-            hint="reproject the labels onto the image grid (gdalwarp), or set data.align=warp",
+            hint="reproject the label rasters onto the image grid (gdalwarp) or set data.align=warp"
+            if any(kind == "label-grid" for kind, _, _ in label_problems)
+            else "fix each file as its line says",
         )
     values = {} if polygons else _label_values(index)
     if not index.classes.names:
