@@ -628,3 +628,42 @@ def test_sparse_mask_codes_need_classes_yaml(tmp_path: Path) -> None:
     (root / "classes.yaml").write_text("names: [a, b, c, d]\nvalues: [0, 10, 20, 30]\n")
     checked = _scan(root)
     np.testing.assert_array_equal(checked.masks[root / "masks" / "s0.png"], [[0, 1], [2, 3]])
+
+
+# ------------------------------------------------------------------ classes.yaml wins
+def test_classes_yaml_wins_over_voc_classes(tmp_path: Path) -> None:
+    root = make_voc(tmp_path / "voc", n=4)  # masks hold 0, 1, 15 and the boundary 255
+    (root / "classes.yaml").write_text("names: [background, plane, person]\nvalues: [0, 1, 15]\n")
+    index = find_samples(root)
+    assert index.layout == "voc"
+    assert index.classes.names == ["background", "plane", "person"]  # not VOC's 21
+    assert index.classes.ignore_index == 255  # VOC's boundary value stays ignored
+    checked = check_dataset(index)
+    assert set(np.unique(np.concatenate([m.ravel() for m in checked.masks.values()]))) == {
+        -1,
+        0,
+        1,
+        2,
+    }
+    assert find_samples(root, ignore_index=0).classes.ignore_index == 0  # config still wins
+
+
+# ------------------------------------------------------------------ labels.csv from Excel
+def test_labels_csv_saved_by_excel_with_bom(tmp_path: Path) -> None:
+    root = make_csv(tmp_path / "csv", n_per_class=3)
+    text = (root / "labels.csv").read_text()
+    (root / "labels.csv").write_text(text.replace("\n", "\r\n"), encoding="utf-8-sig")
+    assert (root / "labels.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    index = find_samples(root)
+    assert index.layout == "csv" and len(index.samples) == 6
+    assert index.classes.names == ["a", "b"]
+
+
+def test_labels_csv_header_case_and_split_names(tmp_path: Path) -> None:
+    root = make_csv(tmp_path / "csv", n_per_class=2)
+    rows = (root / "labels.csv").read_text().splitlines()[1:]
+    splits = ["Train", "valid", "validation", "testing"]
+    lines = [f"{r},{s}" for r, s in zip(rows, splits, strict=True)]
+    (root / "labels.csv").write_text("\n".join([" Image ,Label,SPLIT", *lines]) + "\n")
+    index = find_samples(root)
+    assert [s.split for s in index.samples] == ["train", "val", "val", "test"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from liandan.errors import ConfigError
 
 Task = Literal["classify", "segment"]
+# data.layout=pairs:IMAGES/MASKS names the image and mask folders of a segmentation dataset
+PairFolders = Annotated[str, Field(pattern=r"^pairs:[^/]+/[^/]+$")]
 
 
 class Section(BaseModel):
@@ -32,7 +34,7 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     root: Path | None = None  # dataset folder; the DATA argument fills it
-    layout: Literal["auto", "imagefolder", "csv", "pairs", "voc"] = "auto"
+    layout: Literal["auto", "imagefolder", "csv", "pairs", "voc"] | PairFolders = "auto"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when there is no val/ split
     image_size: int = Field(256, ge=8)  # images are resized to this square size
     tile_size: int = Field(512, ge=16)  # large rasters are trained on tiles of this size

@@ -52,7 +52,8 @@ reproduces the run. Only plain YAML is read (no `!!python` tags).
 # Descriptions of the keys whose line in config.py carries no trailing comment. A source
 # comment always wins, so the text written beside the field is the one documented.
 DESCRIPTIONS = {
-    "data.layout": "folder layout of the dataset (docs/data.md); auto detects it",
+    "data.layout": "folder layout of the dataset (docs/data.md); auto detects it; "
+    "pairs:IMAGES/MASKS names the image and mask folders",
     "data.normalize": "pixel scaling, fitted on the training set and stored with the model: "
     "dataset (per-band mean/std), imagenet, vgg (BGR, mean pixel subtracted, 0-255), "
     "unit (divide by the dtype maximum), percentile (clip to data.percentiles, scale to "
