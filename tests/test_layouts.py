@@ -667,3 +667,61 @@ def test_labels_csv_header_case_and_split_names(tmp_path: Path) -> None:
     (root / "labels.csv").write_text("\n".join([" Image ,Label,SPLIT", *lines]) + "\n")
     index = find_samples(root)
     assert [s.split for s in index.samples] == ["train", "val", "val", "test"]
+
+
+# ------------------------------------------------------------------ every problem, one pass
+def _three_problems(root: Path) -> dict[str, Path]:
+    """A pairs dataset with an unpaired image, a size mismatch and a truncated image."""
+    make_pairs(root, n=5)
+    unpaired = save(np.zeros((32, 32, 3), np.uint8), root / "images" / "lonely.png")
+    small = save(np.zeros((30, 32), np.uint8), root / "masks" / "img01.png")
+    truncated = root / "images" / "img02.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    return {"unpaired": unpaired, "size": small, "truncated": truncated}
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_train_names_every_problem_of_every_kind_at_once(tmp_path: Path, on_error: str) -> None:
+    root = tmp_path / "seg"
+    files = _three_problems(root)
+    with pytest.raises(DataError) as err:
+        build_data(_cfg(root, f"data.on_error={on_error}"))  # what `liandan train` runs
+    text = str(err.value)
+    for path in files.values():
+        assert str(path) in text  # was: only the unpaired image, the rest a rerun each
+    assert "image without a mask" in text and "32x30" in text
+
+
+def test_scan_and_train_name_the_same_files(tmp_path: Path) -> None:
+    from liandan.scan_report import scan
+
+    root = tmp_path / "seg"
+    files = _three_problems(root)
+    report = scan(root, use_cache=False)
+    errors = {Path(p.file) for p in report.problems if p.severity == "error"}
+    assert set(files.values()) <= errors
+    with pytest.raises(DataError) as err:
+        build_data(_cfg(root))
+    named = {Path(item.split(": ", 1)[0]) for item in err.value.items}
+    assert errors <= named
+
+
+def test_bad_image_and_its_bad_mask_both_named(tmp_path: Path) -> None:
+    root = make_pairs(tmp_path / "seg", n=3)
+    (root / "images" / "img00.png").write_bytes(b"")
+    (root / "masks" / "img00.png").write_text("not a png")
+    with pytest.raises(DataError) as err:
+        build_data(_cfg(root))
+    assert sum("img00.png" in i for i in err.value.items) == 2
+
+
+def test_mask_codes_and_a_broken_file_in_one_message(tmp_path: Path) -> None:
+    root = make_pairs(tmp_path / "seg", n=3, values=(0, 10, 20))  # codes, no classes.yaml
+    (root / "images" / "img01.png").write_bytes(b"")
+    save(np.zeros((32, 32, 3), np.uint8), root / "images" / "lonely.png")
+    with pytest.raises(DataError) as err:
+        build_data(_cfg(root))
+    text = str(err.value)
+    assert "img01.png" in text and "lonely.png" in text
+    assert "img00.png: value(s) 10, 20" in text
+    assert "classes.yaml" in (err.value.hint or "")

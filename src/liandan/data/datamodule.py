@@ -132,7 +132,10 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
             where="data.root",
             hint="pass DATA on the command line or set data.root",
         )
-    index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
+    # strict=False: unpaired files are listed with every other problem by the checks below
+    index = find_samples(
+        cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index, strict=False
+    )
     if cfg.task is None:
         cfg.task = index.task  # type: ignore[assignment]
     from liandan.data.rasters import build_raster_data, wants_tiles

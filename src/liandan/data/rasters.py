@@ -130,7 +130,7 @@ def check_labels(
 
 def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
     """Header-only checks of every raster and its labels; every problem listed at once."""
-    problems: list[str] = []
+    problems = [f"{file}: {why}" for _, file, why in index.problems]  # unpaired files
     counts: set[int] = set()
     dtypes: set[str] = set()
     bands = cfg.data.bands

@@ -158,8 +158,15 @@ def check_dataset(
     on_error: str = "fail",
     cache: bool = True,
 ) -> CheckedDataset:
-    """Decode every sample once, map masks to classes and collect every problem."""
+    """Decode every sample once, map masks to classes and collect every problem.
+
+    The problems ``find_samples(strict=False)`` left in ``index.problems`` (unpaired
+    files, empty class folders) are listed with the others, in the same message, and
+    are never skipped: they mean the dataset is not what it looks like.
+    """
     problems: list[tuple[Sample, str]] = []
+    blocking = [f"{file}: {why}" for _, file, why in index.problems]  # never skipped
+    classes_hint: str | None = None  # set when the classes cannot be read from the masks
     images: dict[Path, np.ndarray] = {}
     raw_masks: dict[Path, np.ndarray] = {}
     for sample in index.samples:
@@ -167,15 +174,17 @@ def check_dataset(
             images[sample.image] = read_image(sample.image, bands)
         except DataError as exc:
             problems.append((sample, exc.render()))
-            continue
-        if sample.image.suffix.lower() in RASTER_EXTS and raster_all_nodata(sample.image):
-            problems.append((sample, f"{sample.image}: every pixel is nodata: nothing to learn"))
-            continue
-        if isinstance(sample.target, Path):
+        else:
+            if sample.image.suffix.lower() in RASTER_EXTS and raster_all_nodata(sample.image):
+                reason = f"{sample.image}: every pixel is nodata: nothing to learn"
+                problems.append((sample, reason))
+        if isinstance(sample.target, Path):  # read even when the image is bad: list both
             try:
                 raw_masks[sample.target] = read_mask(sample.target)
             except DataError as exc:
                 problems.append((sample, exc.render()))
+                continue
+            if sample.image not in images:
                 continue
             ih, iw = images[sample.image].shape[:2]
             mh, mw = raw_masks[sample.target].shape[:2]
@@ -208,14 +217,20 @@ def check_dataset(
             for s in index.samples
             if s.image not in {p.image for p, _ in problems} and isinstance(s.target, Path)
         }
-        if not index.classes.names:
-            index.classes, note = infer_classes(good_masks, index.classes.ignore_index)
-            index.notes.append(note)
+        if not index.classes.names and good_masks:
+            try:
+                index.classes, note = infer_classes(good_masks, index.classes.ignore_index)
+                index.notes.append(note)
+            except DataError as exc:  # no classes: listed with every other problem
+                if not (problems or blocking):
+                    raise
+                blocking += exc.items or [exc.render()]
+                classes_hint = exc.hint
         if any(m.ndim == 3 for m in good_masks.values()):
             index.classes.color_masks = True
         mapper = MaskMapper(index.classes)
         for s in index.samples:
-            if not isinstance(s.target, Path) or s.target not in good_masks:
+            if not isinstance(s.target, Path) or s.target not in good_masks or classes_hint:
                 continue
             mapped = mapper.map(good_masks[s.target])
             if (mapped == MaskMapper.UNKNOWN).any():
@@ -223,17 +238,26 @@ def check_dataset(
                 problems.append((s, f"{s.target}: mask value(s) {vals} are not a class"))
             raw_masks[s.target] = mapped
 
-    if problems:
+    if problems or blocking:
         bad = {s.image for s, _ in problems}
-        items = [reason for _, reason in problems]
-        if on_error != "skip":
+        items = blocking + [reason for _, reason in problems]
+        if on_error != "skip" or blocking:
             hint = "fix or remove these files, or set data.on_error=skip to leave them out"
             if any("not a class" in r for r in items):
                 hint = (
                     "list the classes (names, values) and ignore_index in classes.yaml, "
                     "or set data.ignore_index; " + hint
                 )
-            raise DataError(f"{len(bad)} bad sample(s)", where=index.root, items=items, hint=hint)
+            if classes_hint:
+                hint = f"{classes_hint}; {hint}"
+            if index.problems:
+                hint = (
+                    "every image needs its mask (paired by file name) and every class folder "
+                    "images (data.on_error=skip does not skip these); " + hint
+                )
+            summary = [f"{len(blocking)} dataset problem(s)"] if blocking else []
+            summary += [f"{len(bad)} bad sample(s)"] if bad else []
+            raise DataError(", ".join(summary), where=index.root, items=items, hint=hint)
         index.skipped = items
         index.samples = [s for s in index.samples if s.image not in bad]
         if not index.samples:
