@@ -193,10 +193,13 @@ def predict(
     run: Annotated[Path, typer.Argument(help="run folder")],
     inputs: Annotated[list[Path], typer.Argument(help="images, folders or rasters")],
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
+    # tile .. precision: None takes the run's config.yaml predict section (flags win)
     tile: Annotated[int | None, typer.Option(help="tile size for large images")] = None,
-    overlap: Annotated[float, typer.Option(help="tile overlap fraction")] = 0.25,
-    blend: Annotated[str, typer.Option(help="gaussian, hann or none")] = "gaussian",
-    tta: Annotated[bool, typer.Option("--tta", help="flip test-time augmentation")] = False,
+    overlap: Annotated[float | None, typer.Option(help="tile overlap fraction")] = None,
+    blend: Annotated[str | None, typer.Option(help="gaussian, hann or none")] = None,
+    tta: Annotated[
+        bool | None, typer.Option("--tta/--no-tta", help="flip test-time augmentation")
+    ] = None,
     probs: Annotated[
         bool, typer.Option("--probs", help="rasters: also write probabilities")
     ] = False,
@@ -205,22 +208,27 @@ def predict(
     ] = None,
     min_area: Annotated[float, typer.Option(help="smallest polygon kept, in pixels")] = 0.0,
     cog: Annotated[bool, typer.Option("--cog", help="rasters: Cloud-Optimized GeoTIFF")] = False,
-    batch_size: Annotated[int, typer.Option(help="tiles per batch")] = 8,
+    batch_size: Annotated[int | None, typer.Option(help="tiles per batch")] = None,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 on a GPU, float32 on the CPU), 32, bf16 or 16")
-    ] = "auto",
+        str | None,
+        typer.Option(help="auto (bf16 on a GPU, float32 on the CPU), 32, bf16 or 16"),
+    ] = None,
 ) -> None:
-    """Predict images or rasters with a trained run (rasters are streamed, any size)."""
+    """Predict images or rasters with a trained run (rasters are streamed, any size).
+
+    --tile, --overlap, --blend, --tta, --batch-size and --precision default to the
+    run's config.yaml (its predict section); a flag given wins.
+    """
     from liandan.predict import PRECISIONS
     from liandan.predict import predict as run_predict
 
-    if blend not in ("gaussian", "hann", "none"):
+    if blend not in (None, "gaussian", "hann", "none"):
         raise BadParameter("must be gaussian, hann or none", param_hint="--blend")
-    if not 0 <= overlap < 1:
+    if overlap is not None and not 0 <= overlap < 1:
         raise BadParameter("must be in [0, 1)", param_hint="--overlap")
     if vector not in (None, "geojson", "gpkg"):
         raise BadParameter("must be geojson or gpkg", param_hint="--vector")
-    if precision not in PRECISIONS:
+    if precision not in (None, *PRECISIONS):
         raise BadParameter(f"must be one of {', '.join(PRECISIONS)}", param_hint="--precision")
     result = run_predict(
         run,

@@ -22,19 +22,19 @@ import torch
 from liandan.callable_module import make_callable
 from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, read_image, valid_mask
 from liandan.data.transforms import Normalizer, eval_resize_crop
-from liandan.errors import ConfigError, DataError
+from liandan.errors import DataError
+from liandan.predict_settings import (
+    PRECISIONS,
+    check_georeferencing,
+    dtype_family,
+    inference_dtype,
+    predict_settings,
+)
 from liandan.runs import load_model
 from liandan.tiling import STRIDE, ReadBand, StreamStats, TileGrid, stream_tiles
 
 log = logging.getLogger("liandan")
-
-PRECISIONS = ("auto", "32", "bf16", "16")
-
-
-def dtype_family(dtype: str) -> str:
-    """What predict compares with training: float, or the integer bit depth."""
-    dt = np.dtype(dtype)
-    return "floating point" if dt.kind == "f" else f"{dt.itemsize * 8}-bit integer"
+__all__ = ["PRECISIONS", "Prediction", "Predictor", "dtype_family", "inference_dtype", "predict"]
 
 
 @dataclass
@@ -239,18 +239,7 @@ class Predictor:
                 where=path,
                 hint="convert the raster to the training data type and scale first",
             )
-        size = self.meta.get("pixel_size")
-        if size and src.crs is not None:
-            ratio = abs(src.transform.a) / float(size[0])
-            if ratio > 2 or ratio < 0.5:
-                log.warning(
-                    "%s: pixel size %.4g differs from training (%.4g) by %.1fx; the model "
-                    "sees objects at another scale",
-                    path,
-                    abs(src.transform.a),
-                    float(size[0]),
-                    max(ratio, 1 / ratio),
-                )
+        check_georeferencing(src, self.meta, path)  # warns on pixel size, or no CRS
         return indexes
 
     def predict_file(self, path: str | Path) -> Prediction:
@@ -281,33 +270,6 @@ class Predictor:
         return palette[labels]
 
 
-def inference_dtype(
-    precision: str, device: torch.device, exported: bool = False
-) -> torch.dtype | None:
-    """The autocast dtype prediction runs under, or None for float32.
-
-    ``auto``: bf16 on a GPU that supports it, else fp16 there (inference has no
-    gradients to underflow, so no loss scaling is needed); float32 on the CPU, whose
-    bf16 kernels are slower than float32 ones on most processors. An export always runs
-    as exported (ONNX Runtime and TorchScript graphs carry their own types).
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"unknown precision {precision!r}",
-            where="predict.precision",
-            hint=" | ".join(PRECISIONS),
-        )
-    if exported or precision == "32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "16" and device.type != "cuda":
-        raise ConfigError(
-            "fp16 prediction needs a GPU", where="predict.precision", hint="bf16 or 32 on the CPU"
-        )
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 def _read_raster_with_mask(
     path: Path, bands: list[int] | None, nodata: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -334,11 +296,11 @@ def predict(
     *,
     out: str | Path = "predictions",
     tile: int | None = None,
-    overlap: float = 0.25,
-    blend: str = "gaussian",
-    tta: bool = False,
-    batch_size: int = 8,
-    precision: str = "auto",
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: bool | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
     probs: bool = False,
     vector: str | None = None,
     min_area: float = 0.0,
@@ -352,7 +314,16 @@ def predict(
     ``out/preview/<stem>.png``; classification writes ``out/predictions.csv``
     (``image,label,prob_<class>...``).
 
+    ``tile``, ``overlap``, ``blend``, ``tta``, ``batch_size`` and ``precision`` left
+    None take the run's ``predict`` section of ``config.yaml`` (the built-in defaults
+    without one); given, they win over it.
+
     Args:
+        tile: tile size in pixels (the run's ``predict.tile``, or model.json's).
+        overlap: fraction of a tile shared with each neighbour.
+        blend: ``gaussian``, ``hann`` or ``none``: how overlapping tiles are weighted.
+        tta: average the probabilities over horizontal and vertical flips.
+        batch_size: tiles per forward pass.
         probs: rasters also get ``<stem>_probs.tif``, probabilities x 254 as uint8.
         precision: ``auto`` (bf16 or fp16 autocast on a GPU, float32 on the CPU),
             ``32``, ``bf16`` or ``16``.
@@ -380,7 +351,7 @@ def predict(
         raise DataError(
             f"unknown vector format {vector!r}", where="--vector", hint="geojson or gpkg"
         )
-    predictor = Predictor.from_run(
+    settings = predict_settings(
         run,
         tile=tile,
         overlap=overlap,
@@ -389,6 +360,7 @@ def predict(
         batch_size=batch_size,
         precision=precision,
     )
+    predictor = Predictor.from_run(run, **settings)
     files = list_inputs(inputs)
     preds: list[Prediction] = []
     written: list[Path] = []
