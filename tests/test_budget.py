@@ -1,67 +1,137 @@
-"""`train.budget`: epochs fitted from a timed probe, a stop when epochs run slow."""
+"""`train.budget`: the command ends within its budget with the schedule at its floor;
+epochs sized by measured fixed costs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from conftest import FAST_CLS, make_imagefolder
 from liandan.api import train
-from liandan.engine.budget import REPORT_S, BudgetCallback, epochs_for_budget
+from liandan.config import ScheduleConfig
+from liandan.engine.budget import FIXED_SHARE, BudgetCallback, epoch_steps, fit_budget
+from liandan.engine.checkpoint import load_checkpoint_file
+from liandan.optim import build_scheduler
 
 
-def test_epochs_fit_the_budget():
-    # 90% of 600 s, less 40 s of overhead, at 10 s an epoch: 50 epochs
-    assert epochs_for_budget(600, 10, 40, 300) == 50
-    assert epochs_for_budget(600, 10, 40, 20) == 20  # never more than asked
-    assert epochs_for_budget(10, 60, 5, 300) == 1  # at least one epoch
+@pytest.mark.parametrize("fixed_s", [0.5, 3.0, 40.0])
+@pytest.mark.parametrize("step_s", [0.01, 0.4, 2.0])
+def test_epoch_steps_keep_fixed_costs_under_a_tenth(fixed_s: float, step_s: float) -> None:
+    steps = epoch_steps(fixed_s, step_s)
+    assert fixed_s <= FIXED_SHARE * steps * step_s + 1e-9
+    assert fixed_s > FIXED_SHARE * (steps - 1) * step_s or steps == 4  # and no longer
+    # a short budget keeps a few epochs instead
+    few = epoch_steps(fixed_s, step_s, train_s=60.0)
+    assert few <= steps and (few == 4 or 5 * few * step_s <= 60.0)
 
 
-def test_callback_stops_before_overrunning(tmp_path):
-    cb = BudgetCallback(budget_s=100 + REPORT_S, path=tmp_path / "budget.json", spent_s=10)
-    assert not cb.should_stop(5)  # no epoch measured yet
-    cb.epoch_times = [20.0, 25.0]
-    assert not cb.should_stop(60)  # 30 s left, the slowest epoch took 25
-    assert cb.should_stop(70)  # 20 s left
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-class _Trainer:
-    sanity_checking = False
-    current_epoch = 0
-    world_size = 1
-    should_stop = False
+def _fake_trainer(scheduler, max_epochs=1000, batches=50):  # type: ignore[no-untyped-def]
+    return SimpleNamespace(
+        global_step=0,
+        world_size=1,
+        max_epochs=max_epochs,
+        num_training_batches=batches,
+        should_stop=False,
+        sanity_checking=False,
+        is_global_zero=True,
+        current_epoch=0,
+        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
+    )
 
 
-def test_callback_records_time_and_stop(tmp_path):
-    path = tmp_path / "budget.json"
-    path.write_text(json.dumps({"budget_s": 1.0}))
-    cb = BudgetCallback(budget_s=1.0 + REPORT_S, path=path)
-    trainer = _Trainer()
-    cb.on_train_start(trainer, None)  # type: ignore[arg-type]
-    cb.on_train_epoch_start(trainer, None)  # type: ignore[arg-type]
-    cb.epoch_times = [5.0, 0.6]  # the first epoch's one-off costs do not count
-    cb.start -= 0.5  # half a second used: a 0.6 s epoch no longer fits
-    cb.on_validation_end(trainer, None)  # type: ignore[arg-type]
-    assert trainer.should_stop and cb.stopped
-    cb.on_fit_end(trainer, None)  # type: ignore[arg-type]
-    info = json.loads(path.read_text())
-    assert info["budget_s"] == 1.0 and info["stopped_by_budget"] and info["epochs_run"] == 3
+@pytest.mark.parametrize("slowdown", [1.0, 3.0, 0.3])
+def test_schedule_ends_at_its_floor_at_the_deadline(monkeypatch, tmp_path, slowdown) -> None:
+    """1 s per step as the probe said, then a machine 3x slower (or faster) from step 40:
+    the run stops by its training deadline, at the cosine's floor."""
+    import liandan.engine.budget as budget_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=0, min_lr_ratio=0.01)
+    scheduler, _ = build_scheduler(optimizer, cfg, epochs=1000, steps_per_epoch=50)
+    trainer = _fake_trainer(scheduler)
+    callback = BudgetCallback(200.0, tmp_path / "budget.json", planned_steps=200)
+    callback.on_train_start(trainer, None)  # type: ignore[arg-type]
+    lrs = []
+    while not trainer.should_stop:
+        clock.now += 1.0 if trainer.global_step < 40 else slowdown
+        optimizer.step()
+        scheduler.step()
+        trainer.global_step += 1
+        lrs.append(optimizer.param_groups[0]["lr"])
+        callback.on_train_batch_end(trainer)  # type: ignore[arg-type]
+        assert trainer.global_step < 2000
+    elapsed = callback.elapsed()
+    assert 200.0 - 2 * 8 * slowdown <= elapsed <= 200.0 + slowdown  # the deadline, +- a check
+    assert lrs[-1] <= 0.05  # the floor (0.01), within the last check's step
+    assert lrs[len(lrs) // 2] > 0.3  # not decayed early
+
+
+def test_budget_fit_sizes_epochs_and_the_schedule(tmp_path: Path) -> None:
+    """2 s of validation and checkpoint per epoch, 0.5 s steps, 5 minutes: epochs of
+    40 steps (fixed costs a tenth), about 500 steps in all, warmup 5% of them."""
+    from liandan.config import Config
+
+    cfg = Config.load(None, ["train.budget=5m", "train.epochs=300"])
+    bundle = SimpleNamespace(train_loader=[None] * 3, val_loader=_Loader(4, SimpleNamespace()))
+    probe = {"step_s": 0.5, "val_batch_s": 0.25, "ckpt_s": 1.0}
+    info = fit_budget(cfg, bundle, None, tmp_path, spent_s=10.0, probe=probe)
+    assert cfg.train.steps_per_epoch == info["steps_per_epoch"] == 40  # not the 3 of a pass
+    assert info["fixed_epoch_s"] == 2.0
+    assert info["train_s"] == pytest.approx(0.98 * 300 - 10 - info["after_training_s"], abs=0.5)
+    assert info["steps_planned"] == int(info["train_s"] / (40 * 0.5 + 2.0) * 40)
+    assert cfg.schedule.warmup_epochs <= 0.05 * info["steps_planned"] / 40 + 1e-3
+    assert cfg.train.patience is None  # no early stopping from the budget
+    assert json.loads((tmp_path / "budget.json").read_text())["steps_per_epoch"] == 40
+    # a step count you set is yours
+    cfg = Config.load(None, ["train.budget=2m", "train.steps_per_epoch=7"])
+    fit_budget(cfg, bundle, None, tmp_path, probe=probe)
+    assert cfg.train.steps_per_epoch == 7
+
+
+class _Loader(list):  # type: ignore[type-arg]
+    def __init__(self, n: int, dataset: object) -> None:
+        super().__init__([None] * n)
+        self.dataset = dataset
 
 
 @pytest.mark.slow
-def test_train_with_budget_records_it(tmp_path: Path):
+def test_budgeted_run_uses_its_budget_and_exports_the_last_weights(tmp_path: Path) -> None:
     root = make_imagefolder(tmp_path / "cls", n_per_class=6)
-    overrides = [*FAST_CLS, "train.epochs=3", "train.budget=2m"]
+    overrides = [*FAST_CLS, "train.epochs=300", "train.budget=25s", "optim.ema=0.9"]
     result = train(root, overrides=overrides, out=tmp_path / "runs")
     info = json.loads((result.run_dir / "budget.json").read_text())
-    assert info["budget_s"] == 120 and info["probe"]["step_s"] > 0
-    assert info["epochs_planned"] == 3  # 3 tiny epochs fit easily: the cap holds
-    assert info["epochs_run"] == 3 and info["within_budget"] and info["actual_s"] < 120
+    assert info["steps_per_epoch"] > info["steps_per_pass"]  # small data: longer epochs
+    assert info["within_budget"]
+    assert info["train_s_used"] >= 0.7 * info["train_s"]  # no early stop: the budget is used
+    assert info["epochs_run"] < 300
+    last = load_checkpoint_file(result.run_dir / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == info["steps_run"]
+    lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert saved["train"]["epochs"] == 3 and saved["train"]["patience"] == 3
+    assert lr <= 0.1 * saved["optim"]["lr"]  # the schedule ended near its floor
+    # train.export auto = last under a budget: the exported weights are the last EMA ones
+    from safetensors.torch import load_file
+
+    exported = load_file(result.run_dir / "model" / "weights.safetensors")
+    ema = last["ema_state"]["module"]
+    assert exported.keys() == ema.keys()
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
 
 
 @pytest.mark.parametrize(
@@ -96,56 +166,3 @@ def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch
         )
 
 
-@pytest.mark.slow
-def test_run_length_refitted_from_the_first_epoch(tmp_path, monkeypatch):
-    import liandan.engine.budget as budget_module
-
-    # a probe far too pessimistic plans a single epoch; the first real epoch is fast,
-    # so the run is re-fitted to the 6 epochs the config allows, schedule included
-    slow = {"step_s": 60.0, "val_batch_s": 0.1}
-    monkeypatch.setattr(budget_module, "time_probe", lambda *a, **k: slow)
-    root = make_imagefolder(tmp_path / "cls", n_per_class=6)
-    overrides = [*FAST_CLS, "train.epochs=6", "train.budget=2m", "schedule.warmup_epochs=0"]
-    overrides += ["train.patience=50"]  # your patience is kept (no early stop here)
-    result = train(root, overrides=overrides, out=tmp_path / "runs")
-    info = json.loads((result.run_dir / "budget.json").read_text())
-    assert info["epochs_planned"] == 1 and info["refits"] == [[1, 6]]
-    assert info["epochs_run"] == 6 and info["within_budget"]
-    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert saved["train"]["epochs"] == 6  # a resume rebuilds the re-fitted schedule
-    lrs = [
-        float(r.split(",")[3])
-        for r in (result.run_dir / "history.csv").read_text().splitlines()[1:]
-    ]
-    # the 1-epoch cosine had decayed by the end of epoch 1; re-fitted to 6 epochs, it is
-    # high again in epoch 2 and reaches its floor only at the end
-    assert lrs[1] > 0.5 * 1e-3 and lrs[-1] < 0.05 * 1e-3
-
-
-def test_epochs_are_shortened_when_whole_ones_would_be_too_few(tmp_path: Path) -> None:
-    """200 steps at 0.5 s: one whole epoch fits 2 minutes; epochs are cut to a step
-    count that lets 10 of them fit, written to the config (a resume keeps it)."""
-    from types import SimpleNamespace
-
-    from liandan.config import Config
-    from liandan.engine.budget import MIN_BUDGET_EPOCHS, SAFETY, fit_budget
-
-    cfg = Config.load(None, ["train.budget=2m", "train.epochs=300"])
-    bundle = SimpleNamespace(train_loader=[None] * 200, val_loader=[None] * 4)
-    probe = {"step_s": 0.5, "val_batch_s": 0.25}
-    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
-    steps = info["steps_per_epoch"]
-    assert cfg.train.steps_per_epoch == steps and 4 <= steps < 200
-    assert info["epochs_planned"] == cfg.train.epochs >= MIN_BUDGET_EPOCHS
-    planned = cfg.train.epochs * (steps * 0.5 + 4 * 0.25) + info["after_training_s"]
-    assert planned <= SAFETY * 120  # the shortened epochs still fit the budget
-    assert json.loads((tmp_path / "budget.json").read_text())["steps_per_epoch"] == steps
-    # whole epochs that fit ten times over are left alone
-    cfg = Config.load(None, ["train.budget=60m", "train.epochs=300"])
-    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
-    assert info["steps_per_epoch"] is None and cfg.train.steps_per_epoch is None
-    assert info["epochs_planned"] >= MIN_BUDGET_EPOCHS
-    # a step cap you set is yours: kept even when few epochs fit
-    cfg = Config.load(None, ["train.budget=2m", "train.steps_per_epoch=150"])
-    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
-    assert cfg.train.steps_per_epoch == 150 and info["steps_per_epoch"] is None

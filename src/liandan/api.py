@@ -142,6 +142,7 @@ def train(
     )
 
     started = time.time()
+    command_start = time.perf_counter()  # train.budget covers the whole command
     if not is_first_process():  # DDP rank > 0: rank 0's run folder and resolved config
         run_dir = shared_run_dir(out, name, started, lambda: create_run_dir(out, name))
         cfg = follower_config(run_dir)
@@ -164,7 +165,7 @@ def train(
     if planned is not None:
         planned.write(run_dir / "plan.yaml")
     try:
-        result = train_into(cfg, bundle, run_dir)
+        result = train_into(cfg, bundle, run_dir, started=command_start)
     finally:
         release_run_dir(out, name)
     if planned is not None:  # say where the decisions are explained
@@ -199,8 +200,13 @@ def train_into(
     run_dir: Path,
     ckpt_path: Path | None = None,
     callbacks: list[L.Callback] | None = None,
+    started: float | None = None,
 ) -> RunResult:
-    """Train into an existing run folder (used by ``train``, ``resume`` and ``demo``)."""
+    """Train into an existing run folder (used by ``train``, ``resume`` and ``demo``).
+
+    ``started`` is the ``time.perf_counter()`` of the command's start: ``train.budget``
+    counts from there (scan and plan included).
+    """
     from liandan.engine.batch_size import fit_retrying_oom
     from liandan.engine.checkpoint import load_checkpoint_file
     from liandan.engine.distributed import (
@@ -212,7 +218,7 @@ def train_into(
     from liandan.engine.trainer import build_trainer
 
     lead = is_first_process()  # DDP ranks > 0 train, but write nothing in the run folder
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     check_validation_shards(cfg, len(bundle.val_loader.dataset))  # type: ignore[arg-type]
     resolve_auto(cfg, bundle)
@@ -224,6 +230,18 @@ def train_into(
 
         spent = time.perf_counter() - start
         fit_budget(cfg, bundle, _class_weights(cfg, bundle), run_dir, spent, probe)
+    elif cfg.train.steps_per_epoch == "auto":  # epochs sized by measured fixed costs
+        from liandan.engine.budget import fit_epoch_length, time_probe
+
+        probe = time_probe(
+            cfg, bundle, _class_weights(cfg, bundle), scratch=run_dir / "checkpoints"
+        )
+        fitted = fit_epoch_length(cfg, bundle, probe)
+        log.info("train.steps_per_epoch=auto: %(steps_per_epoch)d steps, %(epochs)d epochs", fitted)
+    if isinstance(cfg.train.steps_per_epoch, int):  # small data: several draws per epoch
+        from liandan.data.epochs import with_epoch_length
+
+        bundle.train_loader = with_epoch_length(bundle.train_loader, cfg.train.steps_per_epoch)
     resolve_distributed(cfg)  # train.strategy, train.sync_batchnorm
     if lead:
         cfg.save(run_dir / "config.yaml")
@@ -242,9 +260,10 @@ def train_into(
     trainer, task = fit_retrying_oom(fit, cfg, bundle, run_dir, resuming=ckpt_path is not None)
     if not trainer.is_global_zero:  # torchrun / SLURM rank > 0: rank 0 exports and reports
         return RunResult(run_dir, {}, cfg, list(bundle.notes), time.perf_counter() - start)
-    # Export the best epoch's weights (EMA ones when enabled) as safetensors + model.json.
+    # Export the best epoch's weights, or the last ones (train.export; EMA ones when
+    # enabled) as safetensors + model.json.
     best = run_dir / "checkpoints" / "best.ckpt"
-    if best.is_file():
+    if cfg.resolved_export() == "best" and best.is_file():
         state = load_checkpoint_file(best, unsafe=cfg.train.unsafe_load)
         task.load_state_dict(state["state_dict"])
         if "ema_state" in state and task.ema is not None:

@@ -13,11 +13,20 @@ resolved into the run's ``config.yaml``, so rerunning that file reproduces the r
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from liandan.errors import ConfigError
 
@@ -51,6 +60,7 @@ class DataConfig(Section):
     percentiles: tuple[float, float] = (2.0, 98.0)  # for normalize: percentile
     ignore_index: int | None = None  # mask value excluded from loss and metrics
     on_error: Literal["fail", "skip"] = "fail"  # skip: leave bad files out, listed in the run
+    lossy_masks: Literal["error", "nearest"] = "error"  # JPEG/WebP masks: nearest snaps to classes
     cache: bool = True  # keep decoded images in memory when they fit (small datasets)
     sampler: Literal["random", "balanced"] = "random"  # balanced: even classes / rare-class crops
 
@@ -151,7 +161,25 @@ class TrainConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     num_workers: int | Literal["auto"] = "auto"
-    steps_per_epoch: int | None = Field(None, ge=1)  # cap batches per epoch (quick runs)
+    # optimizer steps per epoch: None = one pass over the training set; an int caps it
+    # (or repeats fresh random crops past one pass); auto = sized from measured costs so
+    # validation and checkpoints stay under a tenth of the training time
+    steps_per_epoch: PositiveInt | Literal["auto"] | None = None
+    # in-training validation of segmentation: auto = fixed seeded crops when the
+    # validation images are much larger than the training crop, 0 = whole images
+    val_patches: NonNegativeInt | Literal["auto"] = "auto"
+    # the weights exported to model/: auto = last with train.budget (the schedule ends
+    # at its floor), else the best validation epoch
+    export: Literal["auto", "best", "last"] = "auto"
+    checkpoint_interval: str = "3m"  # last.ckpt at most this often (and at every stop)
+
+    @field_validator("budget", "checkpoint_interval")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\s*\d+(\.\d+)?\s*[smhSMH]?\s*", value):
+            raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 10m or 1.5h")
+        return value
+
     freeze_epochs: int = Field(0, ge=0)  # train the head alone this many epochs, then all
     progress: bool = True
     unsafe_load: bool = False  # allow checkpoints needing arbitrary unpickling (trusted only)
@@ -228,6 +256,12 @@ class Config(Section):
         if self.train.monitor != "auto":
             return self.train.monitor
         return "val/mean_iou" if self.task == "segment" else "val/macro_f1"
+
+    def resolved_export(self) -> str:
+        """Which weights model/ gets: ``last`` or ``best`` (``train.export``)."""
+        if self.train.export != "auto":
+            return self.train.export
+        return "last" if self.train.budget else "best"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -330,8 +364,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_duration(text: str) -> float:
-    """Parse a budget such as ``90s``, ``10m``, ``1.5h`` into seconds."""
+def parse_duration(text: str, key: str = "train.budget") -> float:
+    """Parse a duration such as ``90s``, ``10m``, ``1.5h`` (or ``0``) into seconds."""
     units = {"s": 1.0, "m": 60.0, "h": 3600.0}
     text = text.strip().lower()
     try:
@@ -340,5 +374,5 @@ def parse_duration(text: str) -> float:
         return float(text)
     except (ValueError, IndexError):
         raise ConfigError(
-            f"cannot read the duration {text!r}", where="train.budget", hint="write e.g. 10m"
+            f"cannot read the duration {text!r}", where=key, hint="write e.g. 10m"
         ) from None

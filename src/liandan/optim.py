@@ -233,6 +233,13 @@ def _clock(cfg: ScheduleConfig, step: int, epochs: int, steps_per_epoch: int) ->
     return Clock(step, min(warmup, total // 2), total, steps_per_epoch)
 
 
+def _clock_steps(cfg: ScheduleConfig, step: int, total: int, steps_per_epoch: int) -> Clock:
+    """Like :func:`_clock` for a run of ``total`` steps (epochs of any length)."""
+    total = max(1, total)
+    warmup = 0 if cfg.name in _NO_WARMUP else round(cfg.warmup_epochs * steps_per_epoch)
+    return Clock(step, min(warmup, total // 2), total, max(1, steps_per_epoch))
+
+
 def _factor(cfg: ScheduleConfig, clock: Clock) -> float:
     if clock.step < clock.warmup:
         start = cfg.warmup_start_factor
@@ -329,6 +336,8 @@ def build_scheduler(
     length = RunLength(epochs)
 
     def factor(step: int) -> float:
+        if length.total_steps is not None:  # train.budget: the length in steps, re-fitted
+            return _factor(cfg, _clock_steps(cfg, step, length.total_steps, steps_per_epoch))
         return _factor(cfg, _clock(cfg, step, length.epochs, steps_per_epoch))
 
     # One lambda per group: LambdaLR then scales each group's own initial lr.
@@ -336,15 +345,18 @@ def build_scheduler(
 
 
 class RunLength:
-    """The run's length in epochs, read by a step schedule at every step.
+    """The run's length, read by a step schedule at every step: ``epochs``, or
+    ``total_steps`` when set.
 
-    ``train.budget`` re-fits it from the first epochs' measured speed (see
-    :class:`liandan.engine.budget.BudgetCallback`): the schedule then decays over the
-    new length from the step it has reached.
+    ``train.budget`` sets ``total_steps`` from the measured speed and re-fits it after
+    every epoch (see :class:`liandan.engine.budget.BudgetCallback`): the schedule then
+    decays over the new length from the step it has reached, so the last step of the
+    budget is taken at the schedule's floor.
     """
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, total_steps: int | None = None) -> None:
         self.epochs = epochs
+        self.total_steps = total_steps
 
 
 class StepSchedule(LambdaLR):

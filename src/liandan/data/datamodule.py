@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from liandan.config import Config
 from liandan.data.datasets import SampleDataset, load_image, pad_collate
+from liandan.data.epochs import val_patches
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
 from liandan.data.samplers import EvalShardSampler, RareClassCrop, balanced_sampler
 from liandan.data.scan import CheckedDataset, check_dataset
@@ -143,7 +144,11 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
     if normalizer is None and wants_tiles(index, cfg.data.max_image_size):
         return build_raster_data(cfg, index)  # large/georeferenced rasters: windowed tiles
     checked = check_dataset(
-        index, bands=cfg.data.bands, on_error=cfg.data.on_error, cache=cfg.data.cache
+        index,
+        bands=cfg.data.bands,
+        on_error=cfg.data.on_error,
+        cache=cfg.data.cache,
+        lossy_masks=cfg.data.lossy_masks,
     )
     splits = split_samples(index, cfg.data.val_fraction, cfg.train.seed)
     if normalizer is None:
@@ -214,10 +219,16 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         **loader_args,  # type: ignore[arg-type]
     )
     val_batch = wanted if index.task == "classify" else max(1, batch // 2)
+    val_source: Dataset = val_ds
+    if index.task == "segment":  # large images: validated on fixed crops during training
+        patches, why = val_patches(val_ds, size, cfg.train.val_patches, cfg.train.seed)
+        if patches is not None and why is not None:
+            val_source, val_batch = patches, batch
+            index.notes.append(why)
     val_loader = DataLoader(
-        val_ds,
+        val_source,
         batch_size=val_batch,
-        sampler=EvalShardSampler(val_ds),  # under DDP: each sample validated once
+        sampler=EvalShardSampler(val_source),  # under DDP: each sample validated once
         **loader_args,  # type: ignore[arg-type]
     )
     return DataBundle(checked, splits, normalizer, train_loader, val_loader, list(index.notes))

@@ -1,77 +1,99 @@
-"""`train.budget`: fit the run to a wall-clock budget instead of guessing an epoch count.
+"""`train.budget`: the whole command ends within its budget, the schedule at its floor.
 
-Two parts. Before the Trainer is built, :func:`fit_budget` times a few real training
-steps and validation batches (a throwaway copy of the model, random states restored)
-and sets ``train.epochs`` so that training, the final evaluation and the report end
-within the budget; the LR schedule is then built for that epoch count, so a cosine
-decay still reaches its floor. (Measuring during the first epochs instead would leave a
-schedule sized for the wrong length.) During training, :class:`BudgetCallback` stops
-early if epochs turn out slower than probed, and writes ``budget.json``: the budget, the
-probe, the planned and run epochs and the actual time.
+A budget covers the command: scan and plan before training, the final evaluation and
+the report after it. Before the Trainer is built, :func:`fit_budget` times a few real
+training steps, validation batches and a checkpoint write (a throwaway copy of the
+model, random states restored) and decides
+
+- the seconds left for training: the budget, less what was spent before (scan, plan,
+  lr range test, the probe) and the estimated final evaluation and report;
+- the epoch length (:func:`epoch_steps`): long enough that an epoch's fixed costs
+  (validation, checkpoints, history) stay under ``FIXED_SHARE`` of its training time,
+  whatever the size of the dataset;
+- the schedule's length in optimizer steps, from the probe.
+
+During training, :class:`BudgetCallback` re-fits the schedule's length after every
+epoch from the measured pace (validation and checkpoints included) and stops at the
+step where it ends: the last step is taken at the schedule's floor whatever the
+machine's speed or load. There is no early stopping unless you ask for it
+(``train.patience``): a budgeted run uses its budget.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
+import os
+import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 
 from liandan.config import Config, parse_duration
-from liandan.engine.batch_size import MIN_STEPS
 from liandan.engine.callbacks import any_rank, is_rank_zero
 from liandan.runs import atomic_write_json
 
-SAFETY = 0.9  # plan for 90% of the budget: epochs vary (data loading, checkpoint writes)
+# An epoch's fixed costs (validation, checkpoint writes) at most this share of its
+# training time: the rule that sizes epochs (nnU-Net's fixed 250 steps, made relative).
+FIXED_SHARE = 0.1
+MIN_EPOCH_STEPS = 4  # no epoch shorter: the history and the doctor need a few steps
+MIN_EPOCHS = 5  # a budget too short for this many epochs of the fixed-cost rule gets
+# shorter epochs instead (a few validations for the curves, the doctor and `best`)
+WARMUP_SHARE = 0.05  # warmup at most this share of a budgeted run's steps
 REPORT_S = 5.0  # export, plots and report after training (measured: 2-4 s on 2 CPU cores)
-REFIT_EPOCHS = 2  # the run length is re-fitted after each of the first epochs ...
-REFIT_SHARE = 0.25  # ... and after every epoch in the first quarter of the run
+END_MARGIN = 0.98  # plan to end at 98% of the budget: the run ends in its last 5%
+CHECK_EVERY = 8  # steps between wall-clock checks inside an epoch (a DDP reduction each)
+RECENT_CHECKS = 4  # the recent pace (over this many checks) counts when it is slower
 LR_FIND_SHARE = 0.1  # of a budget the lr range test (optim.lr=auto) may take
 # A shortened range test is not trusted: on the demo data, tests cut to 24-40 steps by a
 # 2-minute budget suggested 3e-4, 4.6e-3 and 1.6e-2 for three seeds (RESULTS.md).
 LR_FIND_MIN_STEPS = 100  # the full test (fastai's 100 steps) or the usual rate
 FALLBACK_LR = {"sgd": 0.01, "adagrad": 0.01, "adadelta": 1.0}  # others: 1e-3 (Adam family)
-# Fewer epochs than this would leave no room for the schedule's warmup and decay, early
-# stopping or the best-epoch choice: epochs are shortened instead (train.steps_per_epoch,
-# a random subset of the shuffled training set, or fewer random tiles of rasters).
-MIN_BUDGET_EPOCHS = 10
 
 log = logging.getLogger("liandan")
 
 
-def epochs_for_budget(budget_s: float, epoch_s: float, overhead_s: float, max_epochs: int) -> int:
-    """Epochs that fit ``SAFETY * budget_s`` after ``overhead_s``; at least 1.
+def epoch_steps(fixed_s: float, step_s: float, train_s: float | None = None) -> int:
+    """Optimizer steps per epoch that keep ``fixed_s`` under ``FIXED_SHARE`` of it.
 
-    >>> epochs_for_budget(600, 10, 40, 300)
-    50
+    With ``train_s`` (the seconds training may take), epochs are kept short enough for
+    ``MIN_EPOCHS`` of them. At least ``MIN_EPOCH_STEPS``.
+
+    >>> epoch_steps(2.0, 0.5)  # 2 s of validation: 40 steps of 0.5 s
+    40
+    >>> epoch_steps(2.0, 0.5, train_s=60.0)  # but 5 epochs in a minute
+    21
     """
-    usable = SAFETY * budget_s - overhead_s
-    return int(max(1, min(max_epochs, usable // max(epoch_s, 1e-6))))
-
-
-def steps_for_epochs(usable_s: float, epochs: int, step_s: float, val_s: float) -> int:
-    """Training steps per epoch so that ``epochs`` epochs (each validated) fit
-    ``usable_s``; at least ``MIN_STEPS``.
-
-    >>> steps_for_epochs(100, 10, 0.5, 2)
-    16
-    """
-    return int(max(MIN_STEPS, (usable_s / epochs - val_s) // max(step_s, 1e-6)))
-
-
-def _steps(loader: Any, cap: int | None) -> int:
-    return min(len(loader), cap) if cap else len(loader)
+    steps = math.ceil(fixed_s / (FIXED_SHARE * max(step_s, 1e-6)))
+    if train_s is not None:
+        fit = int(train_s / (MIN_EPOCHS * max(step_s, 1e-6) * (1 + FIXED_SHARE)))
+        steps = min(steps, fit)
+    return max(MIN_EPOCH_STEPS, steps)
 
 
 def time_probe(
-    cfg: Config, bundle: Any, class_weights: torch.Tensor | None, steps: int = 3
+    cfg: Config,
+    bundle: Any,
+    class_weights: torch.Tensor | None,
+    steps: int = 3,
+    scratch: Path | None = None,
 ) -> dict[str, float]:
-    """Seconds per training step and per validation batch, measured on this device."""
+    """Seconds per training step, per validation batch and per checkpoint, on this device.
+
+    Args:
+        cfg: the run's config.
+        bundle: the run's DataBundle (its loaders are read, their random states kept).
+        class_weights: the loss's class weights.
+        steps: training steps timed (after one untimed first step).
+        scratch: a folder where a checkpoint of the model's size is written and timed
+            (``ckpt_s``: weights, AdamW's two moments, fsync); not timed when None.
+    """
     from liandan.engine.task import LiandanTask
     from liandan.lr_find import _rng_state, _set_rng_state
 
@@ -114,10 +136,269 @@ def time_probe(
                 val_times.append(time.perf_counter() - start)
                 if i >= 2:
                     break
+        ckpt_s = _time_checkpoint(model, optimizer, scratch) if scratch is not None else 0.0
     finally:
         _set_rng_state(bundle.train_loader, state)
     step_s = sorted(times)[len(times) // 2]
-    return {"step_s": step_s, "val_batch_s": sum(val_times) / max(1, len(val_times))}
+    val_batch_s = sum(val_times) / max(1, len(val_times))
+    return {"step_s": step_s, "val_batch_s": val_batch_s, "ckpt_s": ckpt_s}
+
+
+def _time_checkpoint(model: torch.nn.Module, optimizer: Any, folder: Path) -> float:
+    """Seconds to serialize and durably write the weights and optimizer state once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, buffer)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        Path(name).unlink(missing_ok=True)
+    return time.perf_counter() - start
+
+
+def fixed_epoch_s(bundle: Any, probe: dict[str, float]) -> float:
+    """An epoch's fixed cost: one validation pass and (at most) one checkpoint write."""
+    return len(bundle.val_loader) * probe["val_batch_s"] + probe.get("ckpt_s", 0.0)
+
+
+def final_eval_s(bundle: Any, probe: dict[str, float], cfg: Config) -> float:
+    """Estimated seconds of the final evaluation (whole validation images) and report."""
+    dataset = bundle.val_loader.dataset
+    val_s = len(bundle.val_loader) * probe["val_batch_s"]
+    base = getattr(dataset, "base", None)  # in-training validation on crops (data.epochs)
+    if base is not None:  # whole images: the crops' cost per pixel, times the tile overlap
+        crop_px = len(dataset) * dataset.size**2
+        whole_px = sum(h * w for h, w in getattr(dataset, "shapes", [])) or crop_px
+        overlap = 1.0 / (1.0 - cfg.predict.overlap) ** 2
+        val_s *= whole_px / crop_px * overlap
+    return val_s + REPORT_S
+
+
+def fit_budget(
+    cfg: Config,
+    bundle: Any,
+    class_weights: torch.Tensor | None,
+    run_dir: Path,
+    spent_s: float = 0.0,
+    probe: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Fit the run to ``cfg.train.budget``: epoch length, schedule length; budget.json.
+
+    Sets ``train.steps_per_epoch`` (unless you set a number) and caps the warmup at
+    ``WARMUP_SHARE`` of the run. ``train.epochs`` stays an upper bound.
+
+    Args:
+        cfg: the run's config, with ``train.budget`` set.
+        bundle: the run's DataBundle (loaders).
+        class_weights: the loss's class weights, as training uses them.
+        run_dir: the run folder (``budget.json`` goes there).
+        spent_s: seconds of the command already used (scan, plan, data checks, lr-find).
+        probe: a :func:`time_probe` already measured for this run (else measured here).
+    """
+    assert cfg.train.budget is not None
+    budget_s = parse_duration(cfg.train.budget)
+    start = time.perf_counter()
+    probe = dict(probe or time_probe(cfg, bundle, class_weights))
+    if "ckpt_s" not in probe or not probe["ckpt_s"]:
+        probe["ckpt_s"] = _probe_checkpoint(cfg, bundle, run_dir)
+    spent_s += time.perf_counter() - start
+    after_s = final_eval_s(bundle, probe, cfg)
+    train_s = max(0.0, END_MARGIN * budget_s - spent_s - after_s)
+    fixed_s = fixed_epoch_s(bundle, probe)
+    per_pass = len(bundle.train_loader)
+    steps = cfg.train.steps_per_epoch
+    if not isinstance(steps, int):  # None or auto: sized by the fixed-cost rule
+        steps = epoch_steps(fixed_s, probe["step_s"], train_s)
+        cfg.train.steps_per_epoch = steps
+    epoch_s = steps * probe["step_s"] + fixed_s
+    planned = max(1, int(train_s / epoch_s * steps))
+    planned = min(planned, cfg.train.epochs * steps)  # train.epochs is an upper bound
+    warmup = cfg.schedule.warmup_epochs
+    cfg.schedule.warmup_epochs = round(min(warmup, WARMUP_SHARE * planned / steps), 3)
+    info = {
+        "budget": cfg.train.budget,
+        "budget_s": budget_s,
+        "spent_before_training_s": round(spent_s, 3),
+        "after_training_s": round(after_s, 3),  # final evaluation and report (estimated)
+        "train_s": round(train_s, 3),
+        "probe": {k: round(v, 5) for k, v in probe.items()},
+        "fixed_epoch_s": round(fixed_s, 3),
+        "steps_per_epoch": steps,
+        "steps_per_pass": per_pass,  # one pass over the training set
+        "estimated_epoch_s": round(epoch_s, 3),
+        "steps_planned": planned,
+        "epochs_planned": math.ceil(planned / steps),
+        "epochs_max": cfg.train.epochs,
+    }
+    atomic_write_json(run_dir / "budget.json", info)
+    log.info(
+        "train.budget=%s: %.0f s for training after %.0f s spent and %.0f s kept for the final "
+        "evaluation; epochs of %d steps (validation and checkpoint %.1f s, under %d%% of an "
+        "epoch), about %d steps",
+        cfg.train.budget, train_s, spent_s, after_s, steps, fixed_s, 100 * FIXED_SHARE, planned,
+    )  # fmt: skip
+    return info
+
+
+def _probe_checkpoint(cfg: Config, bundle: Any, run_dir: Path) -> float:
+    from liandan.engine.task import LiandanTask
+
+    task = LiandanTask(cfg, bundle.classes.names, bundle.in_channels)
+    optimizer = torch.optim.AdamW(task.model.parameters())
+    for p in task.model.parameters():  # AdamW's moments exist after the first step
+        optimizer.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    return _time_checkpoint(task.model, optimizer, run_dir / "checkpoints")
+
+
+def fit_epoch_length(cfg: Config, bundle: Any, probe: dict[str, float]) -> dict[str, Any]:
+    """``train.steps_per_epoch: auto`` without a budget: epochs sized by the fixed-cost
+    rule, ``train.epochs`` rescaled so that the run takes as many optimizer steps."""
+    per_pass = len(bundle.train_loader)
+    fixed_s = fixed_epoch_s(bundle, probe)
+    steps = epoch_steps(fixed_s, probe["step_s"])
+    total = cfg.train.epochs * per_pass
+    cfg.train.steps_per_epoch = steps
+    cfg.train.epochs = max(1, round(total / steps))
+    return {"steps_per_epoch": steps, "epochs": cfg.train.epochs, "fixed_epoch_s": fixed_s}
+
+
+class BudgetCallback(L.Callback):
+    """Re-fits the schedule's length to the measured pace; stops where it ends.
+
+    After every epoch, the steps still affordable are the training seconds left (less
+    one validation pass, which follows the last step) times the pace so far, in steps
+    per second with validation and checkpoints included. The step schedule's length
+    (``RunLength.total_steps``) is set to that, so a cosine decay ends at its floor at
+    the last step; rank 0's figure is broadcast so that every DDP rank agrees. Every
+    ``CHECK_EVERY`` steps the clock is also read: a machine that slowed down within an
+    epoch still stops by the deadline. The training time used so far is saved with
+    the checkpoints: a resumed run goes on with the rest of its budget.
+
+    Args:
+        train_s: seconds the training loop may take, validation included.
+        path: ``budget.json`` (updated at the end).
+        planned_steps: the first estimate of the run's length (from the probe).
+    """
+
+    def __init__(self, train_s: float, path: Path, planned_steps: int) -> None:
+        self.train_s = train_s
+        self.path = path
+        self.total_steps = planned_steps
+        self.planned_steps = planned_steps
+        self.done_s = 0.0  # training seconds of earlier sessions (resume)
+        self.start = time.perf_counter()
+        self.session_step = 0
+        self.val_s = 0.0
+        self.epoch_times: list[float] = []
+        self.refits: list[list[int]] = []
+        self.stopped_by_clock = False
+        self._epoch_start = self._val_start = self.start
+        self._marks: deque[tuple[float, int]] = deque(maxlen=RECENT_CHECKS + 1)
+
+    def elapsed(self) -> float:
+        """Training seconds used, earlier sessions included."""
+        return self.done_s + time.perf_counter() - self.start
+
+    def _set_length(self, trainer: L.Trainer) -> None:
+        for config in trainer.lr_scheduler_configs:
+            length = getattr(config.scheduler, "run_length", None)
+            if length is not None:
+                length.total_steps = self.total_steps
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+        self.session_step = trainer.global_step
+        self._marks.clear()
+        self._set_length(trainer)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.total_steps:
+            trainer.should_stop = True
+        elif trainer.global_step % CHECK_EVERY == 0:
+            if trainer.world_size == 1:  # one process: re-fit as often as the clock is read
+                self._refit(trainer)
+            elif any_rank(trainer, self.elapsed() + self.val_s > self.train_s):
+                self.stopped_by_clock = trainer.should_stop = True
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val_s = time.perf_counter() - self._val_start
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after this epoch's validation, before the checkpoints (which save this state)
+        now = time.perf_counter()
+        self.epoch_times.append(now - self._epoch_start)
+        if not trainer.should_stop:
+            self._refit(trainer)
+
+    def _refit(self, trainer: L.Trainer) -> None:
+        """Set the run's length from the pace so far; stop when no step is left."""
+        now = time.perf_counter()
+        steps = trainer.global_step - self.session_step
+        pace = steps / max(now - self.start, 1e-6)  # steps/s, validation included
+        self._marks.append((now, trainer.global_step))
+        then, step_then = self._marks[0]
+        if len(self._marks) > RECENT_CHECKS and now > then:  # slower lately: that pace
+            pace = min(pace, (trainer.global_step - step_then) / (now - then))
+        left = self.train_s - self.elapsed() - self.val_s
+        total = trainer.global_step + int(max(0.0, left) * pace)
+        total = min(total, (trainer.max_epochs or 1) * max(1, trainer.num_training_batches))
+        if trainer.world_size > 1:  # every rank must agree on the length: rank 0's
+            total = int(trainer.strategy.broadcast(total, src=0))
+        if abs(total - self.total_steps) > 0.01 * self.total_steps:  # recorded when it moves
+            self.refits.append([trainer.global_step, total])
+        if total != self.total_steps:
+            self.total_steps = total
+            self._set_length(trainer)
+        if total <= trainer.global_step:
+            self.stopped_by_clock = left <= 0
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done_s": self.elapsed(), "total_steps": self.total_steps, "refits": self.refits}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.done_s = float(state_dict.get("done_s", 0.0))
+        self.total_steps = int(state_dict.get("total_steps", self.total_steps))
+        self.refits = [list(r) for r in state_dict.get("refits", [])]
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not is_rank_zero(trainer):  # rank 0 writes the run's files
+            return
+        info: dict[str, Any] = {}
+        if self.path.is_file():
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+        info.update(
+            epochs_run=trainer.current_epoch,  # completed epochs (resumed ones included)
+            steps_run=trainer.global_step,
+            train_s_used=round(self.elapsed(), 3),
+            mean_epoch_s=round(sum(self.epoch_times) / max(1, len(self.epoch_times)), 3),
+            stopped_by_clock=self.stopped_by_clock,
+            refits=self.refits,
+        )
+        atomic_write_json(self.path, info)
+
+
+def budget_callbacks(cfg: Config, run_dir: Path) -> list[L.Callback]:
+    """``[BudgetCallback]`` when ``train.budget`` is set and fitted, else ``[]``."""
+    path = run_dir / "budget.json"
+    if not cfg.train.budget or not path.is_file():
+        return []
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if "train_s" not in info:  # a budget.json of an older version: no time-fitted schedule
+        return []
+    return [BudgetCallback(float(info["train_s"]), path, int(info["steps_planned"]))]
 
 
 def lr_find_budget(
@@ -135,215 +416,6 @@ def lr_find_budget(
     probe = time_probe(cfg, bundle, class_weights)
     fit = int(LR_FIND_SHARE * parse_duration(cfg.train.budget) / max(probe["step_s"], 1e-6))
     return (min(STEPS, fit) if fit >= LR_FIND_MIN_STEPS else 0), probe
-
-
-def fit_budget(
-    cfg: Config,
-    bundle: Any,
-    class_weights: torch.Tensor | None,
-    run_dir: Path,
-    spent_s: float = 0.0,
-    probe: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Set ``cfg.train.epochs`` (and patience) to fit ``cfg.train.budget``; write budget.json.
-
-    Args:
-        cfg: the run's config, with ``train.budget`` set.
-        bundle: the run's DataBundle (loaders).
-        class_weights: the loss's class weights, as training uses them.
-        run_dir: the run folder (``budget.json`` goes there).
-        spent_s: seconds already used (data checks, lr-find) since the run started.
-        probe: a :func:`time_probe` already measured for this run (else measured here).
-    """
-    assert cfg.train.budget is not None
-    budget_s = parse_duration(cfg.train.budget)
-    start = time.perf_counter()
-    probe = probe or time_probe(cfg, bundle, class_weights)
-    train_steps = _steps(bundle.train_loader, cfg.train.steps_per_epoch)
-    val_s = len(bundle.val_loader) * probe["val_batch_s"]
-    epoch_s = train_steps * probe["step_s"] + val_s
-    spent_s += time.perf_counter() - start
-    overhead_s = spent_s + 2 * val_s + REPORT_S  # final evaluation (+ samples) and report
-    requested = cfg.train.epochs
-    epochs = epochs_for_budget(budget_s, epoch_s, overhead_s, requested)
-    shortened, whole = None, epochs
-    target = min(MIN_BUDGET_EPOCHS, requested)
-    if epochs < target and cfg.train.steps_per_epoch is None:
-        shortened = steps_for_epochs(SAFETY * budget_s - overhead_s, target, probe["step_s"], val_s)
-        if shortened < train_steps:
-            cfg.train.steps_per_epoch = shortened
-            epoch_s = shortened * probe["step_s"] + val_s
-            epochs = epochs_for_budget(budget_s, epoch_s, overhead_s, requested)
-            log.info(
-                "train.budget=%s: %d whole epoch(s) of %d steps would fit; epochs cut to "
-                "%d steps (train.steps_per_epoch) so %d fit, leaving room for the schedule, "
-                "early stopping and the best-epoch choice",
-                cfg.train.budget, whole, train_steps, shortened, epochs,
-            )  # fmt: skip
-        else:
-            shortened = None
-    cfg.train.epochs = epochs
-    patience_from_budget = cfg.train.patience is None  # a patience you set is kept
-    if patience_from_budget:
-        cfg.train.patience = max(3, epochs // 4)  # early stopping on the monitored metric
-    info = {
-        "budget": cfg.train.budget,
-        "after_training_s": round(2 * val_s + REPORT_S, 3),  # final evaluation and report
-        "patience_from_budget": patience_from_budget,
-        "budget_s": budget_s,
-        "probe": {k: round(v, 5) for k, v in probe.items()},
-        "estimated_epoch_s": round(epoch_s, 3),
-        "spent_before_training_s": round(spent_s, 3),
-        "epochs_requested": requested,
-        "epochs_planned": epochs,
-        "steps_per_epoch": shortened,  # set when whole epochs would be too few
-        "patience": cfg.train.patience,
-    }
-    atomic_write_json(run_dir / "budget.json", info)
-    return info
-
-
-class BudgetCallback(L.Callback):
-    """Re-fits the run to the first epochs' speed, stops before the budget would overrun.
-
-    The probe before training times a few steps; an epoch also loads data, validates
-    and writes checkpoints, and a shared machine's speed drifts. After each of the first
-    ``REFIT_EPOCHS`` epochs, and every epoch in the first quarter of the run, the
-    remaining epochs are re-fitted from the median measured epoch (the first left out
-    once others exist: it carries one-off costs): ``max_epochs``, the step schedule's length (so a cosine decay still
-    ends at its floor), early stopping's patience when the budget chose it, and
-    ``train.epochs`` in config.yaml (a resume rebuilds the same schedule). Later, an
-    epoch that would pass the budget is not started.
-    """
-
-    def __init__(
-        self,
-        budget_s: float,
-        path: Path,
-        spent_s: float = 0.0,
-        *,
-        after_s: float = REPORT_S,
-        max_epochs: int | None = None,
-        patience_from_budget: bool = False,
-    ) -> None:
-        self.budget_s = budget_s
-        self.path = path
-        self.spent_s = spent_s  # used before training started
-        self.after_s = after_s  # final evaluation and report, after training
-        self.max_epochs = max_epochs  # what the config allows (the budget fits below it)
-        self.patience_from_budget = patience_from_budget
-        self.start = time.perf_counter()
-        self.epoch_times: list[float] = []
-        self.refits: list[list[int]] = []  # [after epoch, new epochs]
-        self.stopped = False
-        self.resumed = False
-        self._epoch_start = self.start
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-        self.resumed = trainer.current_epoch > 0  # a resumed run keeps its fitted length
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.epoch_times.append(time.perf_counter() - self._epoch_start)
-        stop = self.should_stop(time.perf_counter() - self.start)
-        # ranks time their own epochs; under DDP all must stop after the same one
-        if any_rank(trainer, stop):
-            trainer.should_stop = True
-            self.stopped = True
-        elif not self.resumed and len(self.epoch_times) <= max(
-            REFIT_EPOCHS, REFIT_SHARE * (trainer.max_epochs or 0)
-        ):
-            self.refit(trainer, pl_module)
-
-    def fitted_epochs(self, done: int, elapsed_s: float) -> int:
-        """Epochs in all: ``done`` plus those the median epoch's speed fits in the rest.
-
-        >>> cb = BudgetCallback(100.0, Path("budget.json"), spent_s=10.0, after_s=5.0)
-        >>> cb.epoch_times = [9.0, 4.0]
-        >>> cb.fitted_epochs(2, 13.0)  # (0.9 * 100 - 10 - 5 - 13) / 4 = 15.5 more
-        17
-        """
-        left = SAFETY * self.budget_s - self.spent_s - self.after_s - elapsed_s
-        later = sorted(self.epoch_times[1:] or self.epoch_times)  # the first has one-off costs
-        more = int(max(0.0, left) // max(later[len(later) // 2], 1e-6))
-        total = done + more
-        return min(total, self.max_epochs) if self.max_epochs else total
-
-    def refit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Set the run's length (epochs, schedule, patience) from the measured speed."""
-        done = trainer.current_epoch + 1
-        epochs = self.fitted_epochs(done, time.perf_counter() - self.start)
-        if trainer.world_size > 1:  # every rank must agree on the length: rank 0's
-            epochs = int(trainer.strategy.broadcast(epochs, src=0))
-        if epochs <= done or epochs == trainer.max_epochs:
-            return  # should_stop ends a run that cannot afford another epoch
-        trainer.fit_loop.max_epochs = epochs
-        for config in trainer.lr_scheduler_configs:
-            length = getattr(config.scheduler, "run_length", None)
-            if length is not None:
-                length.epochs = epochs
-        cfg = getattr(pl_module, "cfg", None)
-        if cfg is not None:
-            cfg.train.epochs = epochs
-            if self.patience_from_budget:
-                cfg.train.patience = max(3, epochs // 4)
-        if self.patience_from_budget:
-            for callback in trainer.callbacks:  # type: ignore[attr-defined]
-                if isinstance(callback, EarlyStopping):
-                    callback.patience = max(3, epochs // 4)
-        self.refits.append([done, epochs])
-        if is_rank_zero(trainer):
-            config_path = self.path.with_name("config.yaml")
-            if cfg is not None and config_path.is_file():
-                cfg.save(config_path)  # a resume rebuilds this length
-
-    def should_stop(self, elapsed_s: float) -> bool:
-        """Whether one more epoch (as slow as the slowest after the first) would pass the budget."""
-        if not self.epoch_times:
-            return False
-        left = self.budget_s - self.spent_s - self.after_s - elapsed_s
-        # the first epoch carries one-off costs (workers, allocation, first checkpoint)
-        later = self.epoch_times[1:] or self.epoch_times
-        return max(later) > left
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not is_rank_zero(trainer):  # rank 0 writes the run's files
-            return
-        info: dict[str, Any] = {}
-        if self.path.is_file():
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-        info.update(
-            epochs_run=len(self.epoch_times),
-            train_s=round(time.perf_counter() - self.start, 3),
-            mean_epoch_s=round(sum(self.epoch_times) / max(1, len(self.epoch_times)), 3),
-            stopped_by_budget=self.stopped,
-            refits=self.refits,
-        )
-        atomic_write_json(self.path, info)
-
-
-def budget_callbacks(cfg: Config, run_dir: Path) -> list[L.Callback]:
-    """``[BudgetCallback]`` when ``train.budget`` is set, else ``[]``."""
-    if not cfg.train.budget:
-        return []
-    path = run_dir / "budget.json"
-    info: dict[str, Any] = {}
-    if path.is_file():
-        info = json.loads(path.read_text(encoding="utf-8"))
-    callback = BudgetCallback(
-        parse_duration(cfg.train.budget),
-        path,
-        float(info.get("spent_before_training_s", 0.0)),
-        after_s=float(info.get("after_training_s", REPORT_S)),
-        max_epochs=info.get("epochs_requested"),
-        patience_from_budget=bool(info.get("patience_from_budget", False)),
-    )
-    return [callback]
 
 
 def record_total(run_dir: Path, total_s: float) -> None:

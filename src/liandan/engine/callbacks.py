@@ -74,7 +74,7 @@ class HistoryCallback(L.Callback):
         for optimizer in trainer.optimizers:
             for i, group in enumerate(optimizer.param_groups):
                 row[f"lr_{group.get('name', i)}"] = group["lr"]
-        row["train_loss"] = _number(m.get("train/loss_epoch"))
+        row["train_loss"] = _number(m.get("train/loss_epoch", m.get("train/loss")))
         row["val_loss"] = _number(m.get("val/loss"))
         for key, value in sorted(m.items()):
             if key.startswith("val/") and key != "val/loss":
@@ -307,8 +307,9 @@ class GracefulStop(L.Callback):
             self._stop(trainer, save=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._agreed(trainer):  # last.ckpt was written at the end of the last epoch
-            self._stop(trainer, save=trainer.current_epoch == 0)
+        if self._agreed(trainer):  # was last.ckpt written at the end of the last epoch?
+            written = [getattr(cb, "saved_epoch", None) for cb in trainer.checkpoint_callbacks]
+            self._stop(trainer, save=trainer.current_epoch - 1 not in written)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()

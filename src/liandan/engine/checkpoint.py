@@ -194,7 +194,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def find_resume_checkpoint(run_dir: Path, *, unsafe: bool = False) -> Path:
-    """The newest complete checkpoint of a run: ``last``, else ``last-prev``, else ``best``.
+    """The newest complete checkpoint of a run: ``last``, else ``last-prev``.
 
     A damaged ``last`` is never skipped silently: the fallback is logged as a warning.
 
@@ -204,7 +204,7 @@ def find_resume_checkpoint(run_dir: Path, *, unsafe: bool = False) -> Path:
     folder = run_dir / "checkpoints"
     clean_temporary(folder)
     last = folder / "last.ckpt"
-    candidates = [last, previous_path(last), folder / "best.ckpt"]
+    candidates = [last, previous_path(last)]  # best.ckpt holds weights only
     problems = []
     for candidate in candidates:
         if not candidate.is_file():
@@ -235,17 +235,49 @@ def find_resume_checkpoint(run_dir: Path, *, unsafe: bool = False) -> Path:
 
 
 class LastCheckpoint(Checkpoint):
-    """Writes ``checkpoints/last.ckpt`` at the end of every training epoch.
+    """Writes ``checkpoints/last.ckpt`` (the full state a resume needs), when it pays.
 
-    Lightning's ``ModelCheckpoint(save_last=True)`` (2.6) only refreshes ``last`` in
-    epochs where ``best`` improved; a resume must start from the newest epoch. Being a
-    ``Checkpoint`` callback, it runs after the others (ModelCheckpoint, EarlyStopping),
-    so their states in the file are those of this epoch.
+    At the end of a training epoch it writes when ``every_s`` seconds have passed since
+    the last write, after the first epoch, after the run's last epoch, and when a stop
+    is coming (Ctrl-C / SIGTERM, the budget, early stopping). Epochs of a few seconds
+    then do not pay for a full checkpoint each (weights plus optimizer state, three
+    times the weights with AdamW). Lightning's ``ModelCheckpoint(save_last=True)`` (2.6)
+    only refreshes ``last`` where ``best`` improved; a resume must start from the
+    newest epoch. Being a ``Checkpoint`` callback, it runs after the others
+    (ModelCheckpoint, EarlyStopping), so their states in the file are this epoch's.
+
+    When training ends normally, ``last-prev.ckpt`` (kept while training so that one
+    complete checkpoint exists at every moment) is removed: a finished run keeps one
+    resumable checkpoint.
+
+    Args:
+        dirpath: the run's ``checkpoints`` folder.
+        every_s: seconds between writes at most (0: every epoch).
     """
 
-    def __init__(self, dirpath: Path) -> None:
+    def __init__(self, dirpath: Path, every_s: float = 0.0) -> None:
         self.dirpath = dirpath
+        self.every_s = every_s
+        self.saved_epoch: int | None = None  # the epoch whose end last.ckpt holds
+        self._saved_at = time.monotonic()
+
+    def _stopping(self, trainer: Any) -> bool:
+        if trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            return True
+        return any(getattr(cb, "requested", None) is not None for cb in trainer.callbacks)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+        if trainer.sanity_checking:
+            return
+        due = time.monotonic() - self._saved_at >= self.every_s
+        if due or self.saved_epoch is None or self._stopping(trainer):
+            self.save(trainer)
+
+    def save(self, trainer: Any) -> None:
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")
+        self.saved_epoch = trainer.current_epoch
+        self._saved_at = time.monotonic()
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero and (self.dirpath / "last.ckpt").is_file():
+            previous_path(self.dirpath / "last.ckpt").unlink(missing_ok=True)

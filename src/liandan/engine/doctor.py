@@ -256,6 +256,7 @@ class TrainingDoctor(L.Callback):
         *,
         check_gradients: bool = True,
         window: int = 3,
+        sync_every: int = 1,
     ) -> None:
         self.run_dir = run_dir
         self.history = history
@@ -268,16 +269,21 @@ class TrainingDoctor(L.Callback):
         self._reported: set[str] = set()
         self._scale_before: float | None = None  # fp16 scaler's scale before the step
         self._steps = 0  # optimizer steps this epoch (fp16 only)
+        # Non-finite loss/gradient checks are read from the device every `sync_every`
+        # steps: 1 on a CPU (reading costs nothing; the stop comes before the optimizer
+        # step), more on a GPU, which would otherwise wait for every check
+        self.sync_every = max(1, sync_every)
+        self._pending: dict[str, torch.Tensor] = {}  # what -> "was it ever bad" on device
         self._skipped = 0  # ... of which the scaler skipped
 
     # ------------------------------------------------------------- per step
-    def _stop(self, trainer: L.Trainer, what: str) -> None:
+    def _stop(self, trainer: L.Trainer, what: str, *, before_step: bool = True) -> None:
         epoch = trainer.current_epoch + 1
+        when = "before the optimizer step" if before_step else "(checkpoints hold no NaN)"
         finding = Finding(
             "nan",
             epoch,
-            f"{what} at epoch {epoch}, step {trainer.global_step + 1}; training stopped "
-            "before the optimizer step",
+            f"{what} at epoch {epoch}, step {trainer.global_step + 1}; training stopped {when}",
             f"lower optim.lr (now {self.lr:.2g}), check the data for NaN/Inf values "
             "(`liandan scan DATA`), or use train.precision=32; the checkpoints written "
             "before this step are intact",
@@ -292,14 +298,33 @@ class TrainingDoctor(L.Callback):
             finding.message, where=self.run_dir, hint=finding.advice + " (doctor.json)"
         )
 
+    def _fold(self, what: str, bad: torch.Tensor) -> None:
+        """Keep ``bad`` (a device bool) in the pending flag of ``what``, unread."""
+        pending = self._pending.get(what)
+        self._pending[what] = bad if pending is None else pending | bad
+
+    def _read_pending(self, trainer: L.Trainer) -> None:
+        """Read the folded flags (one device read); stop when one was set."""
+        pending, self._pending = self._pending, {}
+        flags = torch.stack(list(pending.values())).tolist()  # one read for all flags
+        for what, flag in zip(pending, flags, strict=True):
+            if any_rank(trainer, flag):
+                within = f"within the last {self.sync_every} steps"
+                what = f"{what} ({within})" if flag else f"{what} on another device"
+                self._stop(trainer, what, before_step=False)
+
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
+        bad = ~torch.isfinite(loss.detach()).all()
+        if self.sync_every > 1:
+            self._fold("a training loss was not finite", bad)
+            return
+        flag = bool(bad)
         # under DDP the loss differs per rank: all stop together (backward would hang)
-        if any_rank(trainer, bad):
+        if any_rank(trainer, flag):
             what = "a training loss on another device is not finite"
-            if bad:
+            if flag:
                 what = f"the training loss is {float(loss.detach()):g}"
             self._stop(trainer, what)
 
@@ -313,7 +338,12 @@ class TrainingDoctor(L.Callback):
         if not self.check_gradients:
             return
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if not grads:
+            return
+        bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        if self.sync_every > 1:
+            self._fold("a gradient was NaN or infinite", bad)
+        elif bool(bad):
             self._stop(trainer, "a gradient is NaN or infinite")
 
     def step_skipped(self, trainer: L.Trainer) -> bool:
@@ -324,6 +354,8 @@ class TrainingDoctor(L.Callback):
         return scaler.get_scale() < self._scale_before
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._pending and trainer.global_step % self.sync_every == 0:
+            self._read_pending(trainer)
         if self._scale_before is None:
             return
         self._steps += 1
@@ -340,6 +372,8 @@ class TrainingDoctor(L.Callback):
         # and before the checkpoint callbacks: non-finite weights never reach best/last
         if trainer.sanity_checking:
             return
+        if self._pending:
+            self._read_pending(trainer)
         if self._skipped:
             # a few skips while the scaler finds its scale are normal; most steps skipped
             # means the gradients stay non-finite and nothing is learned

@@ -80,6 +80,11 @@ class LiandanTask(L.LightningModule):
         if self.cfg.train.compile and not getattr(self.model, "_compiled_call_impl", None):
             self.model.compile()
 
+    @property
+    def log_steps(self) -> bool:
+        """Whether the training loss is logged every step (a progress bar shows it)."""
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
+
     def on_fit_start(self) -> None:
         # GPU: NHWC ("channels_last") lets cuDNN use its fastest convolution kernels
         # under bf16/fp16 autocast (tensor cores); weights are exported contiguous
@@ -106,7 +111,9 @@ class LiandanTask(L.LightningModule):
         self.log(
             "train/loss",
             loss,
-            on_step=True,
+            # per step only for a progress bar: each logged step value is read from the
+            # device (a GPU waits for it); the epoch mean stays on the device until then
+            on_step=self.log_steps,
             on_epoch=True,
             prog_bar=True,
             batch_size=x.shape[0],

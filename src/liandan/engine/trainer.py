@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from liandan.config import Config
+from liandan.config import Config, parse_duration
 from liandan.engine.budget import budget_callbacks
 from liandan.engine.callbacks import GracefulStop, HistoryCallback, RandomStateCallback
 from liandan.engine.checkpoint import AtomicCheckpointIO, LastCheckpoint, clean_temporary
@@ -33,8 +33,19 @@ from liandan.engine.distributed import (
 )
 from liandan.engine.doctor import TrainingDoctor
 
-
 # ------------------------------------------------------------------ trainer
+# Steps between reads of the device in the hot loop (the doctor's checks, logged values):
+# each read makes the host wait until the GPU has finished every queued kernel.
+SYNC_EVERY = 16
+
+
+def accelerator_is_cpu(cfg: Config) -> bool:
+    """Whether training runs on the CPU, where reading a tensor costs no waiting."""
+    return cfg.train.accelerator == "cpu" or (
+        cfg.train.accelerator == "auto" and not torch.cuda.is_available()
+    )
+
+
 def resolve_precision(cfg: Config) -> str:
     """bf16 autocast on GPUs that support it, fp16 with a scaler on older ones, else fp32."""
     if cfg.train.precision != "auto":
@@ -74,6 +85,7 @@ def build_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
         save_on_train_epoch_end=True,  # after validation and the epoch's history row
+        save_weights_only=True,  # the best epoch's weights; resume uses last.ckpt
     )
     # A progress bar on a terminal; in logs (CI, files) one line per epoch instead of
     # thousands of carriage-return updates.
@@ -86,12 +98,14 @@ def build_trainer(
         monitor,
         cfg.optim.lr if isinstance(cfg.optim.lr, float) else 1e-3,
         check_gradients=precision != "16-mixed",  # the fp16 scaler skips such steps itself
+        sync_every=1 if accelerator_is_cpu(cfg) else SYNC_EVERY,
     )
     callbacks: list[L.Callback] = [checkpoint, history]
     callbacks += budget_callbacks(cfg, run_dir)  # train.budget: stop in time, record it
     callbacks += extra_callbacks or []  # e.g. tune's pruning callback
     callbacks += [doctor, RandomStateCallback(), GracefulStop(run_dir)]
-    callbacks.append(LastCheckpoint(run_dir / "checkpoints"))  # after best: Checkpoint order
+    every_s = parse_duration(cfg.train.checkpoint_interval, "train.checkpoint_interval")
+    callbacks.append(LastCheckpoint(run_dir / "checkpoints", every_s))  # after best
     if cfg.train.freeze_epochs:  # the fine_tune recipe: head first, then everything
         from liandan.engine.finetune import FreezeEncoder
 
@@ -117,7 +131,7 @@ def build_trainer(
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         limit_train_batches=cfg.train.steps_per_epoch,
-        log_every_n_steps=1,
+        log_every_n_steps=1 if accelerator_is_cpu(cfg) else SYNC_EVERY,
         enable_progress_bar=bar,
         enable_model_summary=False,
         # seeded and reproducible on CPU; "warn" lets ops without a deterministic kernel
