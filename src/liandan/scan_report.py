@@ -375,6 +375,7 @@ def scan(
     ignore_index: int | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    lossy_masks: str = "error",
 ) -> ScanReport:
     """Scan a dataset folder: every problem (file + reason) and the fingerprint.
 
@@ -384,6 +385,8 @@ def scan(
         ignore_index: raw mask value to ignore (overrides classes.yaml).
         use_cache: read and update the record cache in the user's cache folder.
         progress: show a progress bar while decoding.
+        lossy_masks: ``error``: masks in a lossy format (JPEG) are a problem;
+            ``nearest``: their values are snapped to the classes (``data.lossy_masks``).
 
     >>> liandan.scan("data/").ok  # doctest: +SKIP
     True
@@ -407,9 +410,9 @@ def scan(
         _save_cache(cache_file, {str(p): r for p, r in records.items()})
     problems += _label_grid_problems(index, records)
     notes = list(index.notes)
-    problems += check_records(index, records, notes)
+    problems += check_records(index, records, notes, lossy_masks)
     problems += _stray_files(root, {p for p, _ in paths})
-    fingerprint = build_fingerprint(index, records, nodata)
+    fingerprint = build_fingerprint(index, records, nodata, lossy_masks)
     return ScanReport(
         root, problems, fingerprint, notes, decoded=decoded, cached=len(records) - decoded
     )
@@ -417,10 +420,11 @@ def scan(
 
 def _label_grid_problems(index: Any, records: dict[Path, dict[str, Any]]) -> list[Problem]:
     """Training's checks of label rasters (CRS, transform) and polygons (CRS, overlap)."""
+    from liandan.data.problems import is_vector
     from liandan.data.rasters import check_labels
 
-    def readable(path: Any) -> bool:
-        return "error" not in records.get(path, {})
+    def readable(path: Any) -> bool:  # polygon labels are read by check_labels itself
+        return is_vector(path) or "error" not in records.get(path, {})
 
     # unreadable files are problems of their own; sizes are compared from the records
     samples = [s for s in index.samples if readable(s.image) and readable(s.target)]

@@ -117,6 +117,8 @@ def score_masks(
     pairs = _pairs(pred, truth)
     truths = {t: read_mask(t) for _, t in pairs}
     classes, nodata = _classes_for(truth, truths, ignore_index, nodata)
+    if classes.by_color:  # classes by colour: palette truths are read by their colours
+        truths = {t: read_mask(t, palette_colors=True) for t in truths}
     mapper = MaskMapper(classes)
     # predictions never hold the ignore value as a class: map them without it
     pred_mapper = MaskMapper(ClassSpec(classes.names, classes.values, classes.colors))

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from liandan.data.layouts import Sample
-from liandan.data.readers import read_image, read_mask
+from liandan.data.readers import read_image
 from liandan.data.scan import CheckedDataset, MaskMapper, _to_rgb
 from liandan.data.transforms import Normalizer, brightness_contrast
 
@@ -66,7 +66,7 @@ class SampleDataset(Dataset):
         mask = self.checked.masks.get(path)
         if mask is None:
             assert self.mapper is not None
-            mask = self.mapper.map(read_mask(path))
+            mask = self.mapper.read(path)
         return mask
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,10 @@
-"""Dataset problems and fingerprint, computed from per-file records.
+"""Dataset fingerprint, computed from per-file records.
 
 ``liandan scan`` decodes each file once into a small record (see
-:mod:`liandan.scan_report`); this module turns those records into the list of
-:class:`Problem` s (each a file and a reason) and the :class:`Fingerprint` that
-``plan`` reads: counts, sizes, bands, per-band statistics, class frequencies.
+:mod:`liandan.scan_report`); :mod:`liandan.data.problems` turns those records into the
+list of :class:`Problem` s (each a file and a reason), this module into the
+:class:`Fingerprint` that ``plan`` reads: counts, sizes, bands, per-band statistics,
+class frequencies.
 """
 
 from __future__ import annotations
@@ -16,31 +17,21 @@ from typing import Any
 import numpy as np
 
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
-from liandan.data.raster_labels import VECTOR_EXTS, polygon_classes, read_polygons
-from liandan.data.scan import MaskMapper, infer_classes
+from liandan.data.mask_records import class_codes, classes_for
+from liandan.data.problems import (
+    Problem,
+    check_records,
+    is_vector,
+    mask_records,
+    sample_split,
+    usable,
+)
+from liandan.data.raster_labels import polygon_classes, read_polygons
 from liandan.errors import DataError
 
-MIN_SIDE = 8  # below this an image carries too little to learn from (and breaks pooling)
+__all__ = ["LEVELS", "Fingerprint", "Problem", "build_fingerprint", "check_records"]
+
 LEVELS = [0, 0.5, 1, 2.5, 5, 10, 25, 50, 75, 90, 95, 97.5, 99, 99.5, 100]  # stored quantiles
-# problem kinds that break training (check_dataset or find_samples would stop on them)
-ERRORS = {"unreadable", "empty-file", "bomb", "unpaired", "size-mismatch", "bad-mask-values"}
-ERRORS |= {"mixed-bands"}
-SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "none": 3}
-
-
-@dataclass
-class Problem:
-    """One thing wrong with the dataset: the file, the kind and a reason in words."""
-
-    kind: str
-    file: str
-    reason: str
-    blocking: bool | None = None  # None: decided by the kind (ERRORS)
-
-    @property
-    def severity(self) -> str:
-        blocking = self.kind in ERRORS if self.blocking is None else self.blocking
-        return "error" if blocking else "warning"
 
 
 @dataclass
@@ -66,172 +57,10 @@ class Fingerprint:
     nodata_fraction: float | None = None
     georeferenced: bool = False
     extensions: list[str] = field(default_factory=list)
-    ignore_index: int | None = None
+    ignore_index: int | tuple[int, int, int] | None = None  # a value, or a colour
     # segment: total-variation distance between the class mix of the top and bottom
     # thirds (vertical) and of the left and right thirds (horizontal): 0 = same mix
     layout_shift: dict[str, float] = field(default_factory=dict)
-
-
-def classes_for(index: DatasetIndex, masks: dict[Path, dict[str, Any]]) -> tuple[ClassSpec, str]:
-    """The dataset's classes: classes.yaml, or inferred from the mask values.
-
-    No classes (an empty :class:`ClassSpec`) when no mask could be read: every sample
-    already has a problem of its own, so there is nothing to infer from.
-    """
-    if index.classes.names:
-        return index.classes, ""
-    if not masks:
-        return ClassSpec([], ignore_index=index.classes.ignore_index), ""
-    arrays = {
-        p: np.zeros((1, 1, 3)) if r.get("color") else np.array([int(v) for v in r["values"]])
-        for p, r in masks.items()
-    }
-    return infer_classes(arrays, index.classes.ignore_index)
-
-
-def class_codes(spec: ClassSpec, rec: dict[str, Any]) -> dict[int, int]:
-    """Class index (-1 ignored, -2 unknown) -> pixel count, for one mask record."""
-    keys = list(rec["values"])
-    counts = np.array([rec["values"][k] for k in keys], dtype=np.int64)
-    if rec.get("color"):
-        raw = np.array([[int(x) for x in k.split(",")] for k in keys]).reshape(-1, 1, 3)
-    else:
-        raw = np.array([int(k) for k in keys])
-    mapped = MaskMapper(spec).map(raw).reshape(-1)
-    out: Counter[int] = Counter()
-    for code, n in zip(mapped.tolist(), counts.tolist(), strict=True):
-        out[int(code)] += int(n)
-    return dict(out)
-
-
-def sample_split(sample: Sample) -> str:
-    return sample.split or "none"
-
-
-# ------------------------------------------------------------------ problems
-def is_vector(path: int | Path) -> bool:
-    """A polygon label file (GeoJSON, GeoPackage, shapefile), not a mask image."""
-    return isinstance(path, Path) and path.suffix.lower() in VECTOR_EXTS
-
-
-def _usable(sample: Sample, records: dict[Path, dict[str, Any]]) -> bool:
-    if "error" in records[sample.image]:
-        return False
-    target = sample.target
-    return not isinstance(target, Path) or is_vector(target) or "error" not in records[target]
-
-
-def _mask_records(
-    good: list[Sample], records: dict[Path, dict[str, Any]]
-) -> dict[Path, dict[str, Any]]:
-    """The records of the mask images of ``good`` samples (polygon labels are not masks)."""
-    return {
-        s.target: records[s.target]
-        for s in good
-        if isinstance(s.target, Path) and not is_vector(s.target)
-    }
-
-
-def check_records(
-    index: DatasetIndex, records: dict[Path, dict[str, Any]], notes: list[str]
-) -> list[Problem]:
-    """Every problem the records show, each with its file and a reason."""
-    problems: list[Problem] = []
-    for sample in index.samples:
-        for path in (sample.image, sample.target):
-            if isinstance(path, Path) and not is_vector(path) and "error" in records[path]:
-                problems.append(Problem(records[path]["error"], str(path), records[path]["reason"]))
-    good = [s for s in index.samples if _usable(s, records)]
-    for s in good:
-        img = records[s.image]
-        if img.get("nodata") is not None and img.get("nodata_pixels") == img["h"] * img["w"]:
-            reason = f"every pixel is nodata (value {img['nodata']}): nothing to learn"
-            problems.append(Problem("all-nodata", str(s.image), reason, blocking=True))
-        if min(img["h"], img["w"]) < MIN_SIDE:
-            reason = f"{img['w']}x{img['h']} px: below {MIN_SIDE} px on a side"
-            problems.append(Problem("too-small", str(s.image), reason))
-        if isinstance(s.target, Path) and not is_vector(s.target):
-            m = records[s.target]
-            if (m["h"], m["w"]) != (img["h"], img["w"]):
-                reason = f"mask is {m['w']}x{m['h']} but its image is {img['w']}x{img['h']}"
-                problems.append(Problem("size-mismatch", str(s.target), reason))
-    problems += _band_problems(good, records, notes)
-    if index.task == "segment":
-        problems += _mask_problems(index, good, records)
-    problems += _duplicates(good, records)
-    return problems
-
-
-def _band_problems(
-    good: list[Sample], records: dict[Path, dict[str, Any]], notes: list[str]
-) -> list[Problem]:
-    counts = Counter(records[s.image]["c"] for s in good)
-    dtypes = {records[s.image]["dtype"] for s in good}
-    if len(counts) <= 1:
-        return []
-    if dtypes == {"uint8"} and set(counts) <= {1, 3, 4}:
-        notes.append("images mix grey/RGB/RGBA: all are read as 3-band RGB")
-        return []
-    common = counts.most_common(1)[0][0]
-    return [
-        Problem("mixed-bands", str(s.image), f"{records[s.image]['c']} bands, most have {common}")
-        for s in good
-        if records[s.image]["c"] != common
-    ]
-
-
-def _mask_problems(
-    index: DatasetIndex, good: list[Sample], records: dict[Path, dict[str, Any]]
-) -> list[Problem]:
-    masks = _mask_records(good, records)
-    try:
-        spec, _ = classes_for(index, masks)
-    except DataError as exc:
-        items = [i.split(": ", 1) for i in exc.items if ": " in i]
-        if items:
-            return [Problem("bad-mask-values", f, reason) for f, reason in items]
-        return [Problem("bad-mask-values", str(exc.where), exc.message)]
-    problems = []
-    pixels = np.zeros(spec.num_classes, dtype=np.int64)
-    for path, rec in masks.items():
-        codes = class_codes(spec, rec)
-        if codes.get(MaskMapper.UNKNOWN):
-            raw = np.array(list(rec["values"]))
-            mapped = [class_codes(spec, {**rec, "values": {v: 1}}) for v in raw]
-            bad = [str(v) for v, m in zip(raw, mapped, strict=True) if MaskMapper.UNKNOWN in m]
-            reason = f"mask value(s) {', '.join(bad[:8])} are not a class nor the ignore index"
-            problems.append(Problem("bad-mask-values", str(path), reason))
-        for code, n in codes.items():
-            if code >= 0:
-                pixels[code] += n
-    raw_values = spec.raw_values()
-    for i, name in enumerate(spec.names):
-        if pixels[i] == 0:
-            yaml_file = index.root / "classes.yaml"
-            where = str(yaml_file if yaml_file.is_file() else index.root)
-            reason = f"class {name!r} (mask value {raw_values[i]}) occurs in no mask"
-            problems.append(Problem("empty-class", where, reason))
-    return problems
-
-
-def _duplicates(good: list[Sample], records: dict[Path, dict[str, Any]]) -> list[Problem]:
-    groups: dict[str, list[Sample]] = {}
-    for s in good:
-        groups.setdefault(records[s.image]["hash"], []).append(s)
-    problems = []
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda s: (SPLIT_ORDER[sample_split(s)], str(s.image)))
-        first = members[0]
-        for s in members[1:]:
-            a, b = sample_split(first), sample_split(s)
-            if a != b and "none" not in (a, b):
-                reason = f"same pixels as {first.image} ({a}): leakage from {a} into {b}"
-                problems.append(Problem("leakage", str(s.image), reason))
-            else:
-                problems.append(Problem("duplicate", str(s.image), f"same pixels as {first.image}"))
-    return problems
 
 
 # ------------------------------------------------------------------ fingerprint
@@ -271,10 +100,13 @@ def _band_stats(recs: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 
 def build_fingerprint(
-    index: DatasetIndex, records: dict[Path, dict[str, Any]], nodata: float | None
+    index: DatasetIndex,
+    records: dict[Path, dict[str, Any]],
+    nodata: float | None,
+    lossy_masks: str = "error",
 ) -> Fingerprint:
     """The dataset's fingerprint from the records of its usable samples."""
-    good = [s for s in index.samples if _usable(s, records)]
+    good = [s for s in index.samples if usable(s, records)]
     fp = Fingerprint(task=index.task, layout=index.layout, num_samples=len(good))
     fp.splits = dict(sorted(Counter(sample_split(s) for s in good).items()))
     fp.extensions = sorted({s.image.suffix.lower() for s in index.samples})
@@ -304,7 +136,7 @@ def build_fingerprint(
         fp.class_images = {n: counts.get(i, 0) for i, n in enumerate(fp.classes)}
         freq = list(fp.class_images.values())
     else:
-        masks = _mask_records(good, records)
+        masks, _, _ = mask_records(index, good, records, lossy_masks)
         if any(is_vector(s.target) for s in good):
             return _polygon_fingerprint(fp, index, good)
         try:

@@ -50,19 +50,39 @@ class ClassSpec:
         values: raw mask value of each class (e.g. ``[0, 255]``); None means the mask
             values are the class indices themselves.
         colors: RGB colour of each class, for previews and colour masks.
-        ignore_index: raw mask value excluded from loss and metrics, or None.
+        ignore_index: raw mask value excluded from loss and metrics, or for colour
+            masks an ``(r, g, b)`` colour; None: nothing ignored.
         color_masks: masks are RGB images mapped through ``colors``.
+        by_color: classes.yaml gives ``colors`` and no ``values``: the masks mark
+            classes by colour, so palette PNGs are read by their colours, not by their
+            palette indices (whose order differs from file to file).
+        snap_lossy: lossy mask files (JPEG, lossy WebP) are snapped to the nearest
+            class value or colour (``data.lossy_masks: nearest``).
     """
 
     names: list[str]
     values: list[int] | None = None
     colors: list[tuple[int, int, int]] = field(default_factory=list)
-    ignore_index: int | None = None
+    ignore_index: int | tuple[int, int, int] | None = None
     color_masks: bool = False
+    by_color: bool = False
+    snap_lossy: bool = False
 
     def __post_init__(self) -> None:
         if not self.colors:
             self.colors = default_colors(len(self.names))
+        if isinstance(self.ignore_index, list):  # a colour, as model.json stores it
+            self.ignore_index = tuple(int(c) for c in self.ignore_index)  # type: ignore[assignment]
+
+    @property
+    def ignore_color(self) -> tuple[int, int, int] | None:
+        """The ignored colour of colour masks, or None."""
+        return self.ignore_index if isinstance(self.ignore_index, tuple) else None
+
+    @property
+    def palette_colors(self) -> bool:
+        """Palette PNG masks are read by their colours (else by their palette indices)."""
+        return self.color_masks or self.by_color
 
     @property
     def num_classes(self) -> int:
@@ -77,8 +97,9 @@ class ClassSpec:
             "names": self.names,
             "values": self.values,
             "colors": [list(c) for c in self.colors],
-            "ignore_index": self.ignore_index,
+            "ignore_index": list(c) if (c := self.ignore_color) else self.ignore_index,
             "color_masks": self.color_masks,
+            "by_color": self.by_color,
         }
 
 
@@ -115,51 +136,39 @@ class DatasetIndex:
 
 # ------------------------------------------------------------------ classes.yaml
 def read_classes_yaml(root: Path) -> dict[str, Any] | None:
-    """The dataset's classes.yaml (in DATA or its parent), or None."""
+    """The dataset's classes.yaml (in DATA or its parent), checked, or None.
+
+    Every key of the wrong type is an error naming it
+    (:func:`~liandan.data.classes_yaml.check_classes_yaml`).
+    """
     import yaml
+
+    from liandan.data.classes_yaml import check_classes_yaml
 
     for folder in (root, root.parent):
         path = folder / "classes.yaml"
         if path.is_file():
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
             except yaml.YAMLError as exc:
                 raise DataError(f"not valid YAML: {exc}", where=path) from None
-            if not isinstance(data, dict) or "names" not in data:
-                raise DataError(
-                    "classes.yaml must be a mapping with a 'names' list",
-                    where=path,
-                    hint="e.g. names: [background, building]",
-                )
-            unknown = set(data) - {"names", "values", "colors", "ignore_index", "nodata"}
-            if unknown:
-                raise DataError(
-                    f"unknown key(s) {sorted(unknown)}",
-                    where=path,
-                    hint="valid keys: names, values, colors, ignore_index, nodata",
-                )
+            data = check_classes_yaml(data, path)
             data["_path"] = path
             return data
     return None
 
 
 def class_spec_from_yaml(data: dict[str, Any], ignore_index: int | None) -> ClassSpec:
-    path = data["_path"]
-    names = [str(n) for n in data["names"]]
+    """The classes a checked classes.yaml declares; ``ignore_index`` (config) wins."""
     values = data.get("values")
     colors = data.get("colors")
-    for key, seq in (("values", values), ("colors", colors)):
-        if seq is not None and len(seq) != len(names):
-            raise DataError(
-                f"'{key}' has {len(seq)} entries but 'names' has {len(names)}", where=path
-            )
-    if ignore_index is None:
-        ignore_index = data.get("ignore_index")
     return ClassSpec(
-        names=names,
+        names=list(data["names"]),
         values=[int(v) for v in values] if values is not None else None,
-        colors=[tuple(int(x) for x in c) for c in colors] if colors else [],  # type: ignore[misc]
-        ignore_index=ignore_index,
+        colors=list(colors) if colors else [],
+        ignore_index=data.get("ignore_index") if ignore_index is None else ignore_index,
+        # colours without values: the masks mark classes by colour (palette PNGs too)
+        by_color=bool(colors) and values is None,
     )
 
 

@@ -192,11 +192,14 @@ def read_image(path: str | Path, bands: list[int] | None = None) -> np.ndarray:
     return arr
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(path: str | Path, palette_colors: bool = False) -> np.ndarray:
     """Read a mask: ``(H, W)`` integer values, or ``(H, W, 3)`` for colour masks.
 
-    Palette PNGs (as in Pascal VOC) give their palette indices, not colours. EXIF
-    orientation is applied as for images, so an image and its mask stay aligned.
+    Palette PNGs give their palette indices (as in Pascal VOC), or with
+    ``palette_colors`` their colours (a dataset whose classes.yaml gives colours:
+    real datasets mix palette and RGB masks, and the palette order differs from file
+    to file). EXIF orientation is applied as for images, so an image and its mask stay
+    aligned.
     """
     path = Path(path)
     if not path.is_file():
@@ -208,6 +211,8 @@ def read_mask(path: str | Path) -> np.ndarray:
         return arr[:, :, 0] if arr.shape[2] == 1 else arr[:, :, :3]
     img = _open_pil(path)
     img = ImageOps.exif_transpose(img) or img
+    if palette_colors and img.mode in ("P", "PA"):
+        return np.array(img.convert("RGB"))
     if img.mode in ("P", "L", "I", "I;16", "1"):
         arr = np.array(img)
         if arr.dtype == bool:
@@ -220,6 +225,21 @@ def read_mask(path: str | Path) -> np.ndarray:
     if (arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 1] == arr[:, :, 2]).all():
         return arr[:, :, 0]
     return arr
+
+
+def mask_palette(path: str | Path) -> np.ndarray | None:
+    """``(256, 3)`` uint8 colours of a palette image's indices (header only), or None."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "PA"):
+                return None
+            palette = img.getpalette() or []
+    except Exception:
+        return None
+    colors = np.zeros((256, 3), np.uint8)
+    rgb = np.asarray(palette[: 256 * 3], dtype=np.uint8).reshape(-1, 3)
+    colors[: len(rgb)] = rgb
+    return colors
 
 
 def image_shape(path: str | Path) -> tuple[int, int, int]:

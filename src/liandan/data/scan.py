@@ -8,79 +8,35 @@ the bad samples are left out and listed in the run instead. Files are only read.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
+from liandan.data.masks import (
+    LOSSY_HINT,
+    MaskMapper,
+    color_mismatch,
+    lossy_format,
+    lossy_reason,
+    snap_lossy,
+)
 from liandan.data.readers import RASTER_EXTS, raster_all_nodata, read_image, read_mask
+
+__all__ = ["CheckedDataset", "MaskMapper", "check_dataset", "infer_classes"]
 from liandan.errors import DataError
 
 CACHE_BYTES = 2 * 1024**3  # decoded datasets below this stay in memory
 
 
-class MaskMapper:
-    """Raw mask values (or colours) -> class indices; ignored pixels become -1."""
-
-    UNKNOWN = -2
-
-    def __init__(self, classes: ClassSpec) -> None:
-        self.classes = classes
-        self.values = classes.raw_values()
-        self._lut_cache: np.ndarray | None = None
-
-    def _lut(self, size: int) -> np.ndarray:
-        if self._lut_cache is None or self._lut_cache.shape[0] < size:
-            lut = np.full(max(size, 256), self.UNKNOWN, dtype=np.int16)
-            for index, value in enumerate(self.values):
-                if 0 <= value < lut.shape[0]:
-                    lut[value] = index
-            ignore = self.classes.ignore_index
-            if ignore is not None and 0 <= ignore < lut.shape[0]:
-                lut[ignore] = -1
-            self._lut_cache = lut
-        return self._lut_cache
-
-    def map(self, raw: np.ndarray) -> np.ndarray:
-        """Class indices ``(H, W)`` int16: -1 ignored, -2 a value that is not a class."""
-        if raw.ndim == 2 and self.classes.color_masks:
-            # a colour mask whose pixels are all grey (e.g. black and white only) was
-            # read as single-band: map it through the colours like the others
-            raw = np.repeat(raw[:, :, None], 3, axis=2)
-        if raw.ndim == 3:
-            return self._map_colors(raw)
-        if np.issubdtype(raw.dtype, np.floating):
-            if not np.all(np.mod(raw, 1) == 0):
-                return np.full(raw.shape, self.UNKNOWN, dtype=np.int16)
-            raw = raw.astype(np.int64)
-        if raw.size and raw.min() < 0:
-            raw = np.where(raw < 0, 0x7FFFFFFF, raw)
-        top = int(raw.max()) if raw.size else 0
-        if top >= 1 << 20:  # larger than any sensible class code: unknown
-            out = self._lut(256)[np.clip(raw, 0, 255)]
-            out[raw > 255] = self.UNKNOWN
-            return out
-        return self._lut(top + 1)[raw]
-
-    def _map_colors(self, rgb: np.ndarray) -> np.ndarray:
-        code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8)
-        code |= rgb[..., 2].astype(np.int64)
-        out = np.full(code.shape, self.UNKNOWN, dtype=np.int16)
-        for index, color in enumerate(self.classes.colors):
-            c = (int(color[0]) << 16) | (int(color[1]) << 8) | int(color[2])
-            out[code == c] = index
-        return out
-
-    def unknown_values(self, raw: np.ndarray, mapped: np.ndarray) -> list[str]:
-        bad = raw[mapped == self.UNKNOWN]
-        if raw.ndim == 3:
-            return [str(tuple(int(x) for x in c)) for c in np.unique(bad, axis=0)[:8]]
-        return [str(v) for v in np.unique(bad)[:8].tolist()]
-
-
-def infer_classes(masks: dict[Path, np.ndarray], ignore_index: int | None) -> tuple[ClassSpec, str]:
+def infer_classes(
+    masks: dict[Path, np.ndarray], ignore_index: int | tuple[int, int, int] | None
+) -> tuple[ClassSpec, str]:
     """Classes from the mask values themselves, when there is no classes.yaml."""
+    if not masks:
+        raise DataError("no mask could be read: the classes cannot be told from the masks")
     if any(m.ndim == 3 for m in masks.values()):
         raise DataError(
             "colour (RGB) masks need a classes.yaml that lists the colour of each class",
@@ -90,7 +46,7 @@ def infer_classes(masks: dict[Path, np.ndarray], ignore_index: int | None) -> tu
     values: set[int] = set()
     for m in masks.values():
         values.update(int(v) for v in np.unique(m))
-    values.discard(ignore_index if ignore_index is not None else -(10**9))
+    values.discard(ignore_index if isinstance(ignore_index, int) else -(10**9))
     if values and values <= {0, 255}:
         if values == {0, 255}:
             note = (
@@ -157,8 +113,12 @@ def check_dataset(
     bands: list[int] | None = None,
     on_error: str = "fail",
     cache: bool = True,
+    lossy_masks: str = "error",
 ) -> CheckedDataset:
     """Decode every sample once, map masks to classes and collect every problem.
+
+    Masks in a lossy format (JPEG, lossy WebP) are a problem, or with ``lossy_masks``
+    ``nearest`` snapped to the nearest class value (:mod:`liandan.data.masks`).
 
     The problems ``find_samples(strict=False)`` left in ``index.problems`` (unpaired
     files, empty class folders) are listed with the others, in the same message, and
@@ -169,6 +129,9 @@ def check_dataset(
     classes_hint: str | None = None  # set when the classes cannot be read from the masks
     images: dict[Path, np.ndarray] = {}
     raw_masks: dict[Path, np.ndarray] = {}
+    lossy: dict[Path, str] = {}  # mask file -> its lossy format
+    mismatch: str | None = None  # colours of classes.yaml vs the masks', when they differ
+    index.classes.snap_lossy = lossy_masks == "nearest"
     for sample in index.samples:
         try:
             images[sample.image] = read_image(sample.image, bands)
@@ -180,10 +143,16 @@ def check_dataset(
                 problems.append((sample, reason))
         if isinstance(sample.target, Path):  # read even when the image is bad: list both
             try:
-                raw_masks[sample.target] = read_mask(sample.target)
+                raw = read_mask(sample.target, palette_colors=index.classes.palette_colors)
+                raw_masks[sample.target] = raw
             except DataError as exc:
                 problems.append((sample, exc.render()))
                 continue
+            if fmt := lossy_format(sample.target):
+                lossy[sample.target] = fmt
+                if lossy_masks != "nearest":
+                    problems.append((sample, lossy_reason(sample.target, fmt, raw, index.classes)))
+                    continue
             if sample.image not in images:
                 continue
             ih, iw = images[sample.image].shape[:2]
@@ -217,9 +186,18 @@ def check_dataset(
             for s in index.samples
             if s.image not in {p.image for p, _ in problems} and isinstance(s.target, Path)
         }
+        lossless = {p: m for p, m in good_masks.items() if p not in lossy}
         if not index.classes.names and good_masks:
             try:
-                index.classes, note = infer_classes(good_masks, index.classes.ignore_index)
+                if not lossless:  # nothing to read the class values from
+                    raise DataError(
+                        "every mask is in a lossy format: the class values cannot be told",
+                        where=index.root,
+                        hint="list the classes (names, values or colors) in classes.yaml",
+                    )
+                snap_flag = index.classes.snap_lossy
+                index.classes, note = infer_classes(lossless, index.classes.ignore_index)
+                index.classes.snap_lossy = snap_flag
                 index.notes.append(note)
             except DataError as exc:  # no classes: listed with every other problem
                 if not (problems or blocking):
@@ -228,15 +206,23 @@ def check_dataset(
                 classes_hint = exc.hint
         if any(m.ndim == 3 for m in good_masks.values()):
             index.classes.color_masks = True
+        if index.classes.names and (snapped := snap_lossy(good_masks, lossy, index.classes)):
+            index.notes.append(snapped)
         mapper = MaskMapper(index.classes)
+        unknown: Counter[tuple[int, ...]] = Counter()
+        class_pixels = np.zeros(index.classes.num_classes, np.int64)
         for s in index.samples:
             if not isinstance(s.target, Path) or s.target not in good_masks or classes_hint:
                 continue
             mapped = mapper.map(good_masks[s.target])
             if (mapped == MaskMapper.UNKNOWN).any():
                 vals = ", ".join(mapper.unknown_values(good_masks[s.target], mapped))
-                problems.append((s, f"{s.target}: mask value(s) {vals} are not a class"))
+                what = "colour(s)" if good_masks[s.target].ndim == 3 else "value(s)"
+                problems.append((s, f"{s.target}: mask {what} {vals} are not a class"))
+                unknown += mapper.unknown_colors(good_masks[s.target], mapped)
+            class_pixels += np.bincount(mapped[mapped >= 0], minlength=len(class_pixels))
             raw_masks[s.target] = mapped
+        mismatch = color_mismatch(index.classes, unknown, class_pixels.tolist())
 
     if problems or blocking:
         bad = {s.image for s, _ in problems}
@@ -250,6 +236,10 @@ def check_dataset(
                 )
             if classes_hint:
                 hint = f"{classes_hint}; {hint}"
+            if mismatch:
+                hint = f"{mismatch}; {hint}"
+            if lossy and lossy_masks != "nearest":
+                hint = f"{LOSSY_HINT}; {hint}"
             if index.problems:
                 hint = (
                     "every image needs its mask (paired by file name) and every class folder "

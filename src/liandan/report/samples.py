@@ -19,7 +19,6 @@ from liandan.config import Config
 from liandan.data.datamodule import split_samples
 from liandan.data.datasets import load_image
 from liandan.data.layouts import ClassSpec, Sample, find_samples
-from liandan.data.readers import read_mask
 from liandan.data.scan import CheckedDataset, MaskMapper, check_dataset
 from liandan.errors import ConfigError
 from liandan.metrics import ConfusionMatrix
@@ -54,7 +53,9 @@ def rebuild_splits(
             f"the dataset's classes {index.classes.names} differ from the model's {classes.names}",
             where=cfg.data.root,
         )
-    checked = check_dataset(index, bands=cfg.data.bands, on_error=cfg.data.on_error)
+    checked = check_dataset(
+        index, bands=cfg.data.bands, on_error=cfg.data.on_error, lossy_masks=cfg.data.lossy_masks
+    )
     return checked, split_samples(index, cfg.data.val_fraction, cfg.train.seed)
 
 
@@ -78,7 +79,7 @@ def truth_mask(checked: CheckedDataset, sample: Sample, mapper: MaskMapper) -> n
     assert isinstance(sample.target, Path)
     mask = checked.masks.get(sample.target)
     if mask is None:
-        mask = mapper.map(read_mask(sample.target))
+        mask = mapper.read(sample.target)
     return mask
 
 
