@@ -223,3 +223,125 @@ def test_colours_may_be_written_as_hex(tmp_path: Path) -> None:
     )
     masks = checked_masks(root)
     assert all(np.array_equal(masks[s], truth[s]) for s in truth)
+
+
+# ------------------------------------------------------------ lossy masks
+def jpeg_masks(root: Path, quality: int = 90) -> dict[str, np.ndarray]:
+    """Every mask of a pairs dataset saved again as JPEG; returns the exact masks."""
+    truth = {}
+    for path in sorted((root / "masks").glob("*.png")):
+        mask = np.array(Image.open(path))
+        truth[path.stem] = mask
+        Image.fromarray(mask).save(path.with_suffix(".jpg"), quality=quality)
+        path.unlink()
+    return truth
+
+
+SPREAD = "names: [a, b, c]\nvalues: [0, 128, 255]\n"
+
+
+def test_lossy_formats_are_told_by_their_bytes(tmp_path: Path) -> None:
+    import rasterio
+
+    from liandan.data.masks import lossy_format
+
+    arr = np.zeros((16, 16), np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg")
+    Image.fromarray(arr).save(tmp_path / "named.png", format="JPEG")
+    Image.fromarray(arr).save(tmp_path / "b.png")
+    Image.fromarray(arr).convert("RGB").save(tmp_path / "lossy.webp", quality=80)
+    Image.fromarray(arr).convert("RGBA").save(tmp_path / "alpha.webp", quality=80)
+    Image.fromarray(arr).convert("RGB").save(tmp_path / "lossless.webp", lossless=True)
+    profile = dict(driver="GTiff", width=16, height=16, count=1, dtype="uint8")
+    for name, extra in (("jpeg.tif", {"compress": "jpeg"}), ("lzw.tif", {"compress": "lzw"})):
+        with rasterio.open(tmp_path / name, "w", **profile, **extra) as dst:
+            dst.write(arr[None])
+    found = {p.name: lossy_format(p) for p in sorted(tmp_path.iterdir())}
+    assert found == {
+        "a.jpg": "JPEG",
+        "alpha.webp": "lossy WebP",
+        "b.png": None,
+        "jpeg.tif": "JPEG-compressed TIFF",
+        "lossless.webp": None,
+        "lossy.webp": "lossy WebP",
+        "lzw.tif": None,
+        "named.png": "JPEG",
+    }
+
+
+def test_jpeg_masks_are_an_error_in_scan_and_training(tmp_path: Path) -> None:
+    """JPEG masks passed scan as ready while their edges held values of no class."""
+    root = make_pairs(tmp_path / "data", n=4, values=(0, 128, 255), classes_yaml=SPREAD)
+    jpeg_masks(root)
+    report = scan(root)
+    assert not report.ok
+    lossy = [p for p in report.problems if p.kind == "lossy-mask"]
+    assert sorted(Path(p.file).name for p in lossy) == [f"img0{i}.jpg" for i in range(4)]
+    assert all(p.severity == "error" and "JPEG is a lossy format" in p.reason for p in lossy)
+    assert all("of its pixels hold no class value" in p.reason for p in lossy)
+    assert not [p for p in report.problems if p.kind == "bad-mask-values"]
+    with pytest.raises(DataError) as err:
+        check_dataset(find_samples(root))
+    assert len(err.value.items) == 4 and all("lossy" in i for i in err.value.items)
+    assert "data.lossy_masks=nearest" in (err.value.hint or "")
+
+
+def test_jpeg_mask_hint_speaks_of_compression_not_a_long_list_of_values(tmp_path: Path) -> None:
+    """0/255 JPEG masks without classes.yaml proposed a classes.yaml of 48 values."""
+    root = make_pairs(tmp_path / "data", n=4, values=(0, 255))
+    jpeg_masks(root, quality=75)
+    with pytest.raises(DataError) as err:
+        check_dataset(find_samples(root))
+    text = (err.value.hint or "") + " ".join(err.value.items)
+    assert "lossy" in text and "PNG" in text
+    assert "values: [" not in text and "not class indices" not in text
+    report = scan(root)
+    assert {p.kind for p in report.problems} == {"lossy-mask"}
+    assert all("different values" in p.reason for p in report.problems)
+
+
+def test_lossy_masks_nearest_snaps_each_pixel_to_the_nearest_class(tmp_path: Path) -> None:
+    root = make_pairs(tmp_path / "data", n=4, values=(0, 128, 255), classes_yaml=SPREAD)
+    truth = jpeg_masks(root, quality=75)
+    index = find_samples(root)
+    checked = check_dataset(index, lossy_masks="nearest")
+    for path, mapped in checked.masks.items():
+        exact = np.searchsorted([0, 128, 255], truth[path.stem])
+        assert (mapped == exact).mean() > 0.99
+    (note,) = [n for n in index.notes if "snapped" in n]
+    assert "4 lossy mask file(s) (JPEG)" in note and "% of their pixels changed" in note
+    report = scan(root, lossy_masks="nearest")
+    assert report.ok, report.problems
+    assert any("snapped" in n for n in report.notes)
+    assert sum(report.fingerprint.class_pixels.values()) == 4 * 32 * 32
+
+
+def test_lossy_colour_masks_snap_to_the_nearest_colour(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    truth = colour_pairs(root)
+    (root / "classes.yaml").write_text(COLORS_YAML)
+    jpeg_masks(root)
+    masks = checked_masks(root, lossy_masks="nearest")
+    assert all((masks[s] == truth[s]).mean() > 0.97 for s in truth)
+
+
+def test_lossy_masks_nearest_needs_the_classes(tmp_path: Path) -> None:
+    root = make_pairs(tmp_path / "data", n=3)
+    jpeg_masks(root)
+    with pytest.raises(DataError, match="every mask is in a lossy format"):
+        check_dataset(find_samples(root), lossy_masks="nearest")
+
+
+def test_data_lossy_masks_reaches_training(tmp_path: Path) -> None:
+    from conftest import FAST_SEG
+    from liandan.config import Config
+    from liandan.data.datamodule import build_data
+
+    root = make_pairs(tmp_path / "data", n=4, values=(0, 128, 255), classes_yaml=SPREAD)
+    jpeg_masks(root)
+    base = [*FAST_SEG, f"data.root={root}", "train.num_workers=0", "data.cache=false"]
+    with pytest.raises(DataError, match="lossy"):
+        build_data(Config.load(None, base))
+    bundle = build_data(Config.load(None, [*base, "data.lossy_masks=nearest"]))
+    _, mask = bundle.train_loader.dataset[0]
+    assert set(np.unique(mask.numpy())) <= {-1, 0, 1, 2}
