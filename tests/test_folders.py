@@ -188,3 +188,12 @@ def test_class_folders_beside_split_folders(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="beside split folders") as err:
         find_samples(root)
     assert err.value.items == [str(root / "emu")]
+
+
+def test_many_numbered_grey_class_folders_are_classes(tmp_path: Path) -> None:
+    root = tmp_path / "d"  # digits: the same file names, few grey levels, in 5 folders
+    for digit in range(5):
+        for i in range(2):
+            save(np.full((8, 8), 40 * digit, np.uint8), root / str(digit) / f"{i}.png")
+    index = find_samples(root)
+    assert index.layout == "imagefolder" and index.classes.names == ["0", "1", "2", "3", "4"]

@@ -725,3 +725,13 @@ def test_mask_codes_and_a_broken_file_in_one_message(tmp_path: Path) -> None:
     assert "img01.png" in text and "lonely.png" in text
     assert "img00.png: value(s) 10, 20" in text
     assert "classes.yaml" in (err.value.hint or "")
+
+
+def test_empty_class_folder_and_broken_image_in_one_message(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "cls", n_per_class=3)
+    (root / "emu").mkdir()
+    (root / "cat" / "cat_1.png").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        build_data(_cfg(root, "data.on_error=skip"))
+    text = str(err.value)
+    assert str(root / "emu") in text and "cat_1.png" in text

@@ -18,6 +18,7 @@ choose one (``data.layout``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def split_name(name: str) -> str | None:
 
 def subdirs(folder: Path) -> list[Path]:
     """The visible sub-folders of ``folder``, sorted by name."""
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    with os.scandir(folder) as entries:  # no stat per file: class folders hold thousands
+        names = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    return [folder / name for name in sorted(names)]
 
 
 def child(folder: Path, name: str) -> Path | None:
@@ -197,6 +200,8 @@ def _mask_like(path: Path) -> tuple[bool, tuple[int, int]] | None:
 
     try:
         with Image.open(path) as img:
+            if img.width * img.height > 4096 * 4096:  # too large to decode here: its mode
+                return img.mode in ("1", "L", "P", "I;16"), img.size
             return img.getcolors(MASK_VALUES) is not None, img.size
     except Exception:  # any file PIL cannot read is simply no evidence
         return None
@@ -225,6 +230,8 @@ def lookalike_pairs(root: Path) -> list[tuple[Path, Path]]:
     """
     found = []
     for _, folder in split_dirs(root):
+        if not 2 <= len(subdirs(folder)) <= 4:  # more sub-folders than that are classes
+            continue
         dirs = [(d, _files(d)) for d in subdirs(folder)]
         for i, (a, fa) in enumerate(dirs):
             for b, fb in dirs[i + 1 :]:
