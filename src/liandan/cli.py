@@ -10,17 +10,17 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 try:  # recent typer releases vendor click; its exceptions are the ones raised
-    from typer._click.exceptions import BadParameter, ClickException, UsageError
+    from typer._click.exceptions import BadParameter, UsageError
 except ImportError:  # pragma: no cover - older typer uses the click package
-    from click.exceptions import BadParameter, ClickException, UsageError  # type: ignore
+    from click.exceptions import BadParameter, UsageError  # type: ignore
 
-from liandan.errors import LiandanError, TrainingInterrupted
+from liandan.cli_output import exit_code, plain_when_piped, q, show_metrics
 
 app = typer.Typer(
     add_completion=False,
@@ -38,14 +38,6 @@ DataArgs = Annotated[
     typer.Argument(help="[DATA] then key=value overrides", metavar="[DATA] [KEY=VALUE]..."),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")]
-
-
-def _show_metrics(metrics: dict[str, Any], title: str) -> None:
-    from liandan.metrics import metrics_table, per_class_table
-
-    console.print(metrics_table(metrics))
-    console.print(per_class_table(metrics))
-    console.print(title)
 
 
 def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
@@ -70,15 +62,17 @@ def demo(
 ) -> None:
     """Train, evaluate and predict on embedded demo data (no download)."""
     from liandan.demo_run import demo as run_demo
+    from liandan.runs import check_out
 
+    check_out(out)  # before any work: --out can hold a folder
     result = run_demo(task, out=out, overrides=overrides)
     for note in result.notes:
-        console.print(f"[dim]note: {note}[/dim]")
-    _show_metrics(result.metrics, f"validation metrics of [bold]{result.run_dir}[/bold]")
+        console.print(f"[dim]note: {q(note)}[/dim]")
+    show_metrics(console, result.metrics, f"validation metrics of [bold]{q(result.run_dir)}[/bold]")
     if result.scene_metrics is not None:
         miou = result.scene_metrics["overall"]["mean_iou"]
-        console.print(f"scene prediction: {result.predictions} (mean IoU vs truth {miou:.3f})")
-    console.print(f"demo finished in {result.duration_s:.0f} s: run folder {result.run_dir}")
+        console.print(f"scene prediction: {q(result.predictions)} (mean IoU vs truth {miou:.3f})")
+    console.print(f"demo finished in {result.duration_s:.0f} s: run folder {q(result.run_dir)}")
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -112,6 +106,7 @@ def train(
     """Train a model on DATA (or data.root from the config)."""
     from liandan.api import resume as run_resume
     from liandan.api import train as run_train
+    from liandan.runs import check_out
 
     data, overrides = _split_args(args)
     if resume is not None:
@@ -119,6 +114,7 @@ def train(
             raise UsageError("--resume takes only the run folder: its config.yaml is used")
         result = run_resume(resume, unsafe_load=unsafe_load)
     else:
+        check_out(out, name)  # before any work: --out can hold a folder, --name is one
         if unsafe_load:
             overrides.append("train.unsafe_load=true")
         if budget is not None:
@@ -131,9 +127,9 @@ def train(
     if not result.metrics:  # a DDP process other than rank 0: rank 0 reports
         return
     for note in result.notes:
-        console.print(f"[dim]note: {note}[/dim]")
-    _show_metrics(result.metrics, f"validation metrics of [bold]{result.run_dir}[/bold]")
-    console.print(f"run folder: {result.run_dir}")
+        console.print(f"[dim]note: {q(note)}[/dim]")
+    show_metrics(console, result.metrics, f"validation metrics of [bold]{q(result.run_dir)}[/bold]")
+    console.print(f"run folder: {q(result.run_dir)}")
 
 
 @app.command("lr-find")
@@ -149,7 +145,9 @@ def lr_find(
 ) -> None:
     """Learning-rate range test: suggests optim.lr and plots loss against lr."""
     from liandan.api import lr_find as run_lr_find
+    from liandan.runs import check_out
 
+    check_out(out, name)
     if method not in ("valley", "steepest"):
         raise BadParameter("must be valley or steepest", param_hint="--method")
     data, overrides = _split_args(args)
@@ -166,7 +164,7 @@ def lr_find(
     )
     others = ", ".join(f"{k} {v:.2e}" for k, v in sorted(result.suggestions.items()))
     console.print(f"suggested optim.lr={result.suggestion:.2e} ({others})")
-    console.print(f"plot and curve: {folder / 'lr_find.png'}")
+    console.print(f"plot and curve: {q(folder / 'lr_find.png')}")
 
 
 @app.command()
@@ -185,7 +183,7 @@ def evaluate(
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
-        _show_metrics(metrics, f"{split} metrics of [bold]{run}[/bold]")
+        show_metrics(console, metrics, f"{split} metrics of [bold]{q(run)}[/bold]")
 
 
 @app.command()
@@ -246,7 +244,7 @@ def predict(
         cog=cog,
         progress=sys.stderr.isatty(),
     )
-    console.print(f"{len(result.predictions)} input(s) predicted: {result.out_dir}")
+    console.print(f"{len(result.predictions)} input(s) predicted: {q(result.out_dir)}")
 
 
 @app.command()
@@ -268,9 +266,9 @@ def score(
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
-        _show_metrics(metrics, f"{pred} against {truth}")
+        show_metrics(console, metrics, f"{q(pred)} against {q(truth)}")
         if out is not None:
-            console.print(f"written: {out / 'metrics.json'}, {out / 'confusion_matrix.png'}")
+            console.print(f"written: {q(out / 'metrics.json')}, {q(out / 'confusion_matrix.png')}")
 
 
 @app.command()
@@ -278,7 +276,7 @@ def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     """(Re)build a run's report.html and plots/ (predicts its validation split again)."""
     from liandan.report import write_report
 
-    console.print(f"report: {write_report(run)}")
+    console.print(f"report: {q(write_report(run))}")
 
 
 @app.command()
@@ -288,14 +286,14 @@ def scan(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="decode every file again")] = False,
 ) -> None:
     """Check every file of DATA and print its fingerprint; exit 1 on a blocking problem."""
-    from liandan.scan_report import print_report
+    from liandan.cli_output import print_scan_report
     from liandan.scan_report import scan as run_scan
 
     report = run_scan(data, use_cache=not no_cache, progress=not as_json)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print_report(report, console)
+        print_scan_report(report, console)
     if not report.ok:
         from liandan.errors import DataError
 
@@ -324,8 +322,8 @@ def plan_cmd(
     result = run_plan(data, budget=budget, device=device)
     yaml_path, md_path = result.write(output)
     console.print(result.markdown(), markup=False, highlight=False)
-    console.print(f"plan written: {yaml_path} and {md_path}; train it with "
-                  f"`liandan train --config {yaml_path}`")  # fmt: skip
+    console.print(f"plan written: {q(yaml_path)} and {q(md_path)}; train it with "
+                  f"`liandan train --config {q(yaml_path)}`")  # fmt: skip
 
 
 @app.command("tune")
@@ -346,9 +344,11 @@ def tune_cmd(
     out: OutOpt = Path("runs"),
 ) -> None:
     """Hyper-parameter search with Optuna; every trial is a run in runs/tune-NAME/."""
+    from liandan.runs import check_out
     from liandan.tune import trials_table
     from liandan.tune import tune as run_tune
 
+    check_out(out, f"tune-{name}")
     data, overrides = _split_args(args)
     if data is None:
         raise UsageError("give the DATA folder")
@@ -368,8 +368,8 @@ def tune_cmd(
     if result.best_config is None:
         console.print("no trial finished: no best config yet")
     else:
-        console.print(f"best {result.best_value:.4f} with {result.best_params}")
-        console.print(f"best config: {result.folder / 'best.yaml'}")
+        console.print(f"best {result.best_value:.4f} with {q(result.best_params)}")
+        console.print(f"best config: {q(result.folder / 'best.yaml')}")
 
 
 @app.command("export")
@@ -389,7 +389,7 @@ def export_cmd(
         raise BadParameter("must be onnx or torchscript", param_hint="--format")
     result = run_export(run, format, out=out, opset=opset, dynamic=dynamic)
     diffs = ", ".join(f"{k}: {v:.1e}" for k, v in result.max_abs_diff.items())
-    console.print(f"exported {result.model_file} (max probability difference {diffs})")
+    console.print(f"exported {q(result.model_file)} (max probability difference {diffs})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,24 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not debug:  # GDAL's own lines on a damaged file come before liandan's clearer error
         logging.getLogger("rasterio").setLevel(logging.WARNING)
+    plain_when_piped(console, err_console)  # CI logs, | grep: no path folded at 80 columns
     try:
         app(args=args, prog_name="liandan", standalone_mode=False)
-    except LiandanError as exc:
-        if debug:
-            raise
-        err_console.print(f"[bold red]{exc.kind}:[/bold red] {exc.render()}", highlight=False)
-        return 1
-    except typer.Exit as exc:
-        return exc.exit_code
-    except ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except TrainingInterrupted as exc:  # last.ckpt was written; the message says how to resume
-        err_console.print(f"[bold]interrupted:[/bold] {exc}", highlight=False)
-        return 130
-    except (KeyboardInterrupt, typer.Abort):
-        err_console.print("interrupted")
-        return 130
+    except BaseException as exc:  # the user's problems: one message and an exit code
+        return exit_code(exc, err_console, debug=debug)
     return 0
 
 

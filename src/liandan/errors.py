@@ -68,6 +68,13 @@ class CheckpointError(LiandanError):
     kind = "checkpoint error"
 
 
+class OutputError(LiandanError):
+    """A place to write outputs that cannot be used: a file where a folder is needed,
+    no permission, a bad run name, or a file liandan would replace but did not write."""
+
+    kind = "output error"
+
+
 class TrainingStopped(LiandanError):
     """Training was stopped on purpose, e.g. by the training doctor."""
 

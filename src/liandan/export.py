@@ -26,7 +26,13 @@ import torch
 
 from liandan.callable_module import make_callable
 from liandan.errors import CheckpointError, ConfigError
-from liandan.runs import atomic_write_bytes, atomic_write_json, load_model, read_model_json
+from liandan.runs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_model,
+    output_files,
+    read_model_json,
+)
 
 TOLERANCE = 1e-4  # max |p_export - p_eager| over class probabilities, fp32
 FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -145,6 +151,16 @@ def export(
         raise CheckpointError(
             "this folder is already an export", where=run, hint="export from the run folder"
         )
+    out_dir = Path(out) if out is not None else run / f"export-{format}"
+    path = out_dir / FILES[format]
+    # replaces only a bundle liandan wrote there (never the run's model/model.json)
+    with output_files(out_dir, [path, out_dir / "model.json"]):
+        return _export(run, format, out_dir, path, opset, dynamic)
+
+
+def _export(
+    run: Path, format: str, out_dir: Path, path: Path, opset: int, dynamic: bool | None
+) -> ExportResult:
     model, meta = load_model(run)  # safetensors only: loading never unpickles
     model = model.float().eval()
     task = meta["task"]
@@ -153,9 +169,6 @@ def export(
     bands = int(meta["in_channels"])
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(1, bands, *sizes[0], generator=gen)
-    out_dir = Path(out) if out is not None else run / f"export-{format}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / FILES[format]
     try:
         if format == "onnx":
             try:

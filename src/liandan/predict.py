@@ -364,7 +364,8 @@ def predict(
     files = list_inputs(inputs)
     preds: list[Prediction] = []
     written: list[Path] = []
-    with output_folder(Path(out)) as out_dir:  # removed again if a failure leaves it empty
+    # refuses to replace inputs or files liandan did not write; removed again if left empty
+    with output_folder(Path(out), files, predictor.task, probs=probs, vector=vector) as out_dir:
         for path in files:
             if predictor.task == "segment" and path.suffix.lower() in RASTER_EXTS:
                 target = out_dir / f"{path.stem}.tif"

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS
-from liandan.errors import DataError
-from liandan.runs import atomic_write_bytes, atomic_write_text
+from liandan.errors import DataError, OutputError
+from liandan.runs import atomic_write_bytes, atomic_write_text, output_files
 
 if TYPE_CHECKING:
     from liandan.predict import Prediction, Predictor
@@ -36,17 +36,59 @@ GDAL_CACHE_MB = 64
 
 
 @contextlib.contextmanager
-def output_folder(out_dir: Path) -> Iterator[Path]:
-    """Create ``out_dir`` for predict; if predict fails before writing anything into a
-    folder it created, the empty folder is removed again (a folder you had stays)."""
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+def output_folder(
+    out_dir: Path,
+    files: Sequence[Path] = (),
+    task: str = "segment",
+    *,
+    probs: bool = False,
+    vector: str | None = None,
+) -> Iterator[Path]:
+    """Create ``out_dir`` for predicting ``files``, after checking that no output would
+    replace an input or a file liandan did not write, and that ``out_dir`` is not the
+    folder of an input. If predict fails before writing anything into a folder it
+    created, the folder is removed again (a folder you had stays)."""
+    mixed = sorted({f.parent for f in files if _same_folder(f.parent, out_dir)})
+    if mixed:
+        raise OutputError(
+            "--out is the folder of the inputs: predictions would be mixed with them "
+            "(and could replace them)",
+            where=out_dir,
+            hint=f"give another folder, e.g. --out {out_dir.resolve().parent / 'predictions'}",
+        )
+    targets, sources = planned_outputs(files, out_dir, task, probs=probs, vector=vector)
+    with output_files(out_dir, targets, sources=sources, inputs=files) as folder:
+        yield folder
+
+
+def _same_folder(a: Path, b: Path) -> bool:
     try:
-        yield out_dir
-    except BaseException:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
+        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def planned_outputs(
+    files: Sequence[Path], out_dir: Path, task: str, *, probs: bool, vector: str | None
+) -> tuple[list[Path], list[Path]]:
+    """Every file predict writes for ``files``, and the input each comes from."""
+    targets: list[Path] = []
+    sources: list[Path] = []
+    if task == "classify":
+        return ([out_dir / "predictions.csv"], [out_dir / "predictions.csv"]) if files else ([], [])
+    for path in files:
+        names = [f"preview/{path.stem}.png"]
+        if path.suffix.lower() in RASTER_EXTS:
+            names.append(f"{path.stem}.tif")
+            names += [f"{path.stem}_probs.tif"] if probs else []
+            names += (
+                [f"{path.stem}.{'geojson' if vector == 'geojson' else 'gpkg'}"] if vector else []
+            )
+        else:
+            names.append(f"{path.stem}.png")
+        targets += [out_dir / n for n in names]
+        sources += [path] * len(names)
+    return targets, sources
 
 
 @contextlib.contextmanager

@@ -3,21 +3,28 @@
 A run folder holds everything predict needs in ``model/``: ``weights.safetensors``
 (no pickle) and ``model.json`` (task, classes, values, colours, bands, normalization,
 sizes, architecture). Predict never reads the training config.
+
+Outputs never replace a file liandan did not write: every folder liandan writes
+outputs into (predict's, export's, score's) lists them in ``.liandan-outputs.json``,
+and only the files listed there may be replaced by a later command (docs/outputs.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from liandan.errors import CheckpointError
+from liandan.errors import CheckpointError, OutputError
 
 MODEL_FORMAT_VERSION = 1
+OUTPUTS_MANIFEST = ".liandan-outputs.json"  # the files liandan wrote into an output folder
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,10 +50,64 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
+def check_run_name(name: str, where: str = "--name") -> str:
+    """A run name is one folder name inside ``--out``: no path separator, not ``..``."""
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if not name.strip() or name in (".", "..") or "\0" in name or any(c in name for c in seps):
+        raise OutputError(
+            f"{name!r} is not a run name: a run name is a single folder name",
+            where=where,
+            hint="give a name such as unet-r34, and the parent folder with --out",
+        )
+    return name
+
+
+def check_out(path: str | Path, name: str | None = None, where: str = "--out") -> Path:
+    """Say at once (before any work) why ``path`` cannot be an output folder: it or one of
+    its parents is a file, the nearest existing folder is not writable, or the run
+    ``name`` to make in it is not one folder name."""
+    if name is not None:
+        check_run_name(name)
+    path = Path(path)
+    for p in (path, *path.parents):
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            what = "it is a file" if p == path else f"{p} is a file"
+            raise OutputError(
+                f"{where} must be a folder, but {what}",
+                where=path,
+                hint=f"give {where} a folder (it is created when missing)",
+            )
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise OutputError(
+                f"cannot write in {p}: permission denied",
+                where=path,
+                hint=f"give {where} a folder you can write to",
+            )
+        break
+    return path
+
+
+def make_dir(path: str | Path, where: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents), or say why it cannot be."""
+    path = check_out(path, where=where)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        check_out(path, where=where)  # a file appeared meanwhile: say so
+        raise OutputError(
+            f"cannot create the folder ({exc.strerror or exc})",
+            where=path,
+            hint=f"give {where} a folder you can write to",
+        ) from None
+    return path
+
+
 def create_run_dir(out: str | Path, name: str) -> Path:
     """``out/name``, or ``out/name-2``, ``-3`` ... : an existing run is never overwritten."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_name(name)
+    out = make_dir(out)
     candidate = out / name
     n = 1
     while True:
@@ -56,6 +117,96 @@ def create_run_dir(out: str | Path, name: str) -> Path:
         except FileExistsError:
             n += 1
             candidate = out / f"{name}-{n}"
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create the run folder ({exc.strerror or exc})", where=candidate
+            ) from None
+
+
+def _written_before(folder: Path) -> set[str]:
+    try:
+        files = json.loads((folder / OUTPUTS_MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {f for f in files if isinstance(f, str)}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def claim_outputs(
+    folder: Path,
+    targets: Sequence[Path],
+    *,
+    sources: Sequence[Path] | None = None,
+    inputs: Iterable[Path] = (),
+    where: str = "--out",
+) -> None:
+    """Check that writing ``targets`` (files in ``folder``) replaces nothing of the user's,
+    then list them in the folder's ``.liandan-outputs.json`` as liandan's own.
+
+    Refused, every case named in one error: a target that is one of ``inputs`` (the same
+    file, through links too), an existing target that liandan did not write there, and
+    two targets of one call that share a path (``sources[i]`` made ``targets[i]``).
+    """
+    owned = _written_before(folder)
+    protected = {i for i in map(_identity, inputs) if i is not None}
+    problems: list[str] = []
+    made_by: dict[Path, Path | None] = {}
+    for i, target in enumerate(targets):
+        source = sources[i] if sources is not None else None
+        if target in made_by:
+            first = made_by[target]
+            if first != source:
+                problems.append(f"{target}: would be written for both {first} and {source}")
+            continue
+        made_by[target] = source
+        rel = target.relative_to(folder).as_posix()
+        if _identity(target) is not None and _identity(target) in protected:
+            problems.append(f"{target}: is an input; writing the output would replace it")
+        elif (target.exists() or target.is_symlink()) and rel not in owned:
+            problems.append(f"{target}: exists and liandan did not write it")
+    if problems:
+        raise OutputError(
+            f"{len(problems)} output(s) would replace files or each other; nothing was written",
+            where=f"{where} {folder}",
+            items=problems,
+            hint=f"choose another {where} (a new or empty folder), or rename the inputs or move "
+            "those files away: liandan only replaces files it wrote",
+        )
+    rels = {t.relative_to(folder).as_posix() for t in made_by}
+    if not rels <= owned:
+        note = "files written here by liandan: a later liandan command may replace only these"
+        atomic_write_json(folder / OUTPUTS_MANIFEST, {"note": note, "files": sorted(owned | rels)})
+
+
+@contextlib.contextmanager
+def output_files(
+    folder: str | Path,
+    targets: Sequence[Path] = (),
+    *,
+    sources: Sequence[Path] | None = None,
+    inputs: Iterable[Path] = (),
+    where: str = "--out",
+) -> Iterator[Path]:
+    """Create ``folder`` and claim ``targets`` in it (:func:`claim_outputs`); a folder
+    this created is removed again if the body fails before writing any output."""
+    folder = Path(folder)
+    created = not folder.exists()
+    make_dir(folder, where)
+    try:
+        claim_outputs(folder, targets, sources=sources, inputs=inputs, where=where)
+        yield folder
+    except BaseException:
+        if created and {p.name for p in folder.iterdir()} <= {OUTPUTS_MANIFEST}:
+            (folder / OUTPUTS_MANIFEST).unlink(missing_ok=True)
+            folder.rmdir()
+        raise
 
 
 def save_model_bundle(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:

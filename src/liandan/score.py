@@ -247,11 +247,13 @@ def score(
     metrics["inputs"] = {"pred": str(pred), "truth": str(truth), **metrics.get("inputs", {})}
     if out is not None:
         from liandan.report.figures import plot_confusion
+        from liandan.runs import output_files
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "metrics.json", metrics)
-        plot_confusion(metrics, out)
+        targets = [out / "metrics.json", out / "confusion_matrix.png"]
+        with output_files(out, targets, inputs=[pred, truth]):  # never replaces your files
+            atomic_write_json(out / "metrics.json", metrics)
+            plot_confusion(metrics, out)
     return metrics
 
 
