@@ -91,9 +91,9 @@ def test_unknown_names_that_pair_up_are_ambiguous(tmp_path: Path) -> None:
     assert "data.layout=imagefolder" in text
     assert "data.layout" in (err.value.hint or "")
     # each way of saying which reading is meant
-    assert find_samples(root, layout="pairs:photos/seg").layout == "pairs"
+    assert find_samples(root, layout="pairs:photos/seg").layout == "pairs:photos/seg"
     assert len(find_samples(root, layout="pairs:photos/seg").samples) == 4
-    assert find_samples(root, task="segment").layout == "pairs"
+    assert find_samples(root, task="segment").layout == "pairs:photos/seg"
     assert find_samples(root, layout="imagefolder").classes.names == ["photos", "seg"]
     assert find_samples(root, task="classify").layout == "imagefolder"
 

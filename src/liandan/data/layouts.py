@@ -248,6 +248,8 @@ def find_samples(
     elif not strict and name == "imagefolder":
         find = functools.partial(find, strict=False)  # type: ignore[call-arg]
     index = find(root, ignore_index)
+    if folders is not None:  # as the config says it, so plan.yaml and runs read it again
+        index.layout = f"pairs:{folders[0]}/{folders[1]}"
     if index.task == "segment":
         # classes.yaml always wins, also over a layout's own classes (VOC's 21)
         yaml_data = read_classes_yaml(root)
