@@ -13,7 +13,9 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
+import liandan.cli
 from conftest import FAST_CLS, FAST_SEG, make_csv, make_imagefolder, make_pairs, make_voc, save
+from inputs_guard import guarded
 from liandan.cli import main
 
 SCHEMA_OVERALL = {
@@ -28,6 +30,13 @@ SCHEMA_OVERALL = {
     "fw_iou",
 }
 SCHEMA_CLASS = {"precision", "recall", "f1", "iou", "dice", "support"}
+
+
+@pytest.fixture(autouse=True)
+def _inputs_stay_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command below leaves its DATA, input files and folders byte for byte as they
+    were, with no file added or removed (tests/inputs_guard.py hashes them around it)."""
+    monkeypatch.setitem(globals(), "main", guarded(liandan.cli.main))
 
 
 def check_run(run: Path, task: str) -> dict:

@@ -183,3 +183,46 @@ def test_piped_output_prints_one_problem_per_line_with_whole_paths(tmp_path: Pat
     err = capsys.readouterr().err
     assert any(line.startswith(f"  - {image}: ") for line in err.splitlines()), err
     assert any(line.startswith(f"  - {orphan}: ") for line in err.splitlines()), err
+
+
+def test_plan_replaces_its_own_plan_but_not_a_plan_md_of_yours(tmp_path: Path, capsys) -> None:
+    data = make_pairs(tmp_path / "data", n=4)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "plan.md").write_text("my plan for the week")
+    assert guarded_main(["plan", str(data), "-o", str(notes / "plan.yaml")]) == 1
+    assert "plan.md: exists and liandan did not write it" in capsys.readouterr().err
+    assert sorted(p.name for p in notes.iterdir()) == ["plan.md"]
+    for _ in range(2):
+        assert guarded_main(["plan", str(data), "-o", str(tmp_path / "plans" / "p.yaml")]) == 0
+    assert (tmp_path / "plans" / "plan.md").is_file()
+
+
+# ------------------------------------------------------------------ done means
+@pytest.mark.slow
+def test_no_command_of_a_whole_run_changes_the_users_folders(tmp_path: Path) -> None:
+    """train, evaluate, predict, report, export, scan, plan and score leave DATA, the
+    images to predict and the config file byte for byte as they were, nothing added."""
+    data = make_pairs(tmp_path / "data", n=8)
+    new = make_pairs(tmp_path / "new", n=2, seed=5) / "images"
+    config = tmp_path / "mine.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    runs, run = tmp_path / "runs", tmp_path / "runs" / "train"
+    commands = [
+        ["scan", data],
+        ["plan", data, "-o", tmp_path / "plans" / "plan.yaml"],
+        ["train", data, "--config", config, *FAST_SEG, "train.epochs=1", "--out", runs],
+        ["evaluate", run],
+        ["evaluate", run, data, "--split", "all"],
+        ["predict", run, new, "--out", tmp_path / "pred-new"],
+        ["predict", run, data / "images", "--out", tmp_path / "pred"],
+        ["report", run],
+        ["export", run, "--format", "torchscript"],
+        ["predict", run / "export-torchscript", new, "--out", tmp_path / "pred-export"],
+        ["score", tmp_path / "pred", data / "masks", "--out", tmp_path / "scores"],
+    ]
+    users = [data, new, config]
+    for command in commands:
+        before = [snapshot(p) for p in users]
+        assert main([str(a) for a in command]) == 0, command
+        assert [snapshot(p) for p in users] == before, command

@@ -314,13 +314,15 @@ def plan_cmd(
     """Plan a complete config for DATA from its fingerprint (trains nothing)."""
     from liandan.config import parse_duration
     from liandan.plan import plan as run_plan
+    from liandan.runs import output_files
 
     if device not in ("cpu", "cuda", "auto"):
         raise BadParameter("must be cpu, cuda or auto", param_hint="--device")
     if budget is not None:
         parse_duration(budget)
     result = run_plan(data, budget=budget, device=device)
-    yaml_path, md_path = result.write(output)
+    with output_files(output.parent, [output, output.with_name("plan.md")], where="-o"):
+        yaml_path, md_path = result.write(output)  # replaces no file liandan did not write
     console.print(result.markdown(), markup=False, highlight=False)
     console.print(f"plan written: {q(yaml_path)} and {q(md_path)}; train it with "
                   f"`liandan train --config {q(yaml_path)}`")  # fmt: skip
