@@ -274,6 +274,23 @@ def test_palette_mask_returns_indices(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out, idx)
 
 
+def test_palette_mask_by_its_colours_on_request(tmp_path: Path) -> None:
+    from liandan.data.readers import mask_palette
+
+    idx = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
+    palette = [60, 16, 152, 132, 41, 246, 110, 193, 228]
+    img = Image.fromarray(idx, mode="P")
+    img.putpalette(palette)
+    img.save(tmp_path / "m.png")
+    out = read_mask(tmp_path / "m.png", palette_colors=True)
+    colours = np.array(palette, np.uint8).reshape(3, 3)
+    np.testing.assert_array_equal(out, colours[idx])
+    np.testing.assert_array_equal(mask_palette(tmp_path / "m.png")[:3], colours)
+    Image.fromarray(idx).save(tmp_path / "grey.png")
+    assert mask_palette(tmp_path / "grey.png") is None
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey.png", palette_colors=True), idx)
+
+
 def test_colour_mask_returns_rgb(tmp_path: Path) -> None:
     arr = np.zeros((4, 5, 3), dtype=np.uint8)
     arr[:2] = (255, 0, 0)
