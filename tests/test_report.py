@@ -201,3 +201,29 @@ def test_display_and_overlay() -> None:
     assert out[0, 1, 0] > 50 and out[0, 1, 1] == 0
     row = side_by_side([np.zeros((4, 4, 3), np.uint8), np.zeros((2, 3, 3), np.uint8)], gap=2)
     assert row.shape == (4, 9, 3)
+
+
+@pytest.mark.slow
+def test_runs_trained_on_polygons_get_a_report(tmp_path: Path) -> None:
+    """The report read the GeoJSON labels as an image ("cannot read image"): no report."""
+    from liandan.report.html import fmt
+    from test_rasters import make_scene
+
+    data = make_scene(tmp_path / "data", label="geojson")
+    args = [*FAST_SEG, *COMMON, "train.epochs=1", "model.arch=segnet", "train.num_workers=0"]
+    args += ["data.tile_size=64", "data.tiles_per_epoch=4"]
+    assert main(["train", str(data), *args, "--out", str(tmp_path / "runs"), "--name", "p"]) == 0
+    run = tmp_path / "runs" / "p"
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert sections(page) == SEG_SECTIONS
+    assert "labelled pixels" in page and "field" in page and "water" in page
+    check_images(run, page)
+    # `liandan report` alone: the rasters are checked and validated as training did
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "report.html").unlink()
+    (run / "metrics.json").unlink()
+    assert main(["report", str(run)]) == 0
+    rebuilt = (run / "report.html").read_text(encoding="utf-8")
+    assert sections(rebuilt) == SEG_SECTIONS
+    accuracy = fmt(metrics["overall"]["accuracy"])
+    assert f"accuracy {accuracy}" in rebuilt  # the same validation tiles, the same accuracy

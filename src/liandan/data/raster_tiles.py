@@ -171,6 +171,17 @@ class RasterTiles(Dataset):
                 mask[raw == lab.nodata] = -1
         return mask.astype(np.int64)
 
+    def whole_label(self, sample: Sample) -> np.ndarray:
+        """``(H, W)`` class indices of a whole raster as training reads them (-1 ignored:
+        no label, unknown value, or the image's nodata). It is read whole, as a mask is."""
+        from rasterio.windows import Window
+
+        src = self._src(sample.image)
+        window = Window(0, 0, src.width, src.height)
+        mask = self.read_label(sample, window)
+        mask[~valid_mask(src, window, self.nodata)] = -1
+        return mask
+
     def _label_src(self, path: Path, image_src: Any) -> Any:
         key = path.with_name(path.name + "#warped") if self.warp else path
         if key not in self._handles:
@@ -261,7 +272,7 @@ class RasterTiles(Dataset):
         f = max(1, int(np.ceil(max(src.height, src.width) / 1024)))
         shape = (src.height // f or 1, src.width // f or 1)
         if path in self.polygons:
-            return self._rasterize(path, src.transform * Affine.scale(f, f), shape)
+            return self._rasterize(path, src.transform @ Affine.scale(f, f), shape)
         raw = self._label_src(path, src).read(1, out_shape=shape)
         mask = self.mapper.map(raw)
         return np.where(mask < 0, -1, mask)

@@ -184,6 +184,9 @@ def check_rasters(index: DatasetIndex, cfg: Config) -> CheckedDataset:
             )
     checked = CheckedDataset(index, in_channels=counts.pop(), dtype=sorted(dtypes)[0])
     checked.polygons = polygons  # type: ignore[attr-defined]
+    # the report's class counts read labels as training does (polygons, warping, nodata)
+    reader = RasterTiles([], checked, cfg, None, None, train=True)
+    checked.label_reader = reader  # type: ignore[attr-defined]
     return checked
 
 
@@ -267,6 +270,7 @@ def build_raster_data(cfg: Config, index: DatasetIndex) -> DataBundle:
     val_ds = RasterTiles(val_regions, checked, cfg, normalizer, augment(False), train=False)
     if not val_ds.windows:
         raise DataError("no validation tiles", where=cfg.data.root, hint="lower data.tile_size")
+    checked.raster_val = val_ds  # type: ignore[attr-defined]  # the report validates on it
     workers = resolve_workers(cfg.train.num_workers, False)
     args: dict[str, Any] = dict(
         num_workers=workers,

@@ -42,9 +42,19 @@ def classes_from_meta(meta: dict[str, Any]) -> ClassSpec:
 def rebuild_splits(
     cfg: Config, classes: ClassSpec
 ) -> tuple[CheckedDataset, dict[str, list[Sample]]]:
-    """Index, check and split ``cfg.data.root`` exactly as training did (same seed)."""
+    """Index, check and split ``cfg.data.root`` exactly as training did (same seed).
+
+    Rasters (trained on tiles) are checked and split as training did too: their
+    validation is the tile grid training validated on (see :func:`evaluate_samples`).
+    """
     if cfg.data.root is None:
         raise ConfigError("no dataset to evaluate on", where="data.root")
+    if cfg.task in (None, "segment"):
+        from liandan.data.rasters import raster_bundle
+
+        bundle = raster_bundle(cfg, classes)
+        if bundle is not None:
+            return bundle.checked, bundle.splits
     index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
     if index.task == "segment":
         index.classes = classes
@@ -75,10 +85,17 @@ def pick_split(splits: dict[str, list[Sample]], split: str) -> list[Sample]:
 
 
 def truth_mask(checked: CheckedDataset, sample: Sample, mapper: MaskMapper) -> np.ndarray:
-    """A sample's mask as class indices (-1 ignored), from the cache or the file."""
+    """A sample's mask as class indices (-1 ignored), from the cache or the file.
+
+    Rasters' labels (label rasters and polygons) are read as training reads them:
+    polygons rasterized on the image grid, nodata ignored.
+    """
     assert isinstance(sample.target, Path)
     mask = checked.masks.get(sample.target)
     if mask is None:
+        reader = getattr(checked, "label_reader", None)
+        if reader is not None:
+            return np.asarray(reader.whole_label(sample))
         mask = mapper.read(sample.target)
     return mask
 
@@ -140,7 +157,20 @@ def evaluate_samples(
     *,
     bands: list[int] | None = None,
 ) -> SampleResults:
-    """Predict every sample and count it; keep per-sample probabilities or IoUs."""
+    """Predict every sample and count it; keep per-sample probabilities or IoUs.
+
+    A raster dataset's validation split is the tile grid training validated on
+    (:meth:`~liandan.data.raster_tiles.RasterTiles.evaluate_with`): no per-image IoU.
+    """
+    raster_val = getattr(checked, "raster_val", None)
+    if raster_val is not None:
+        if not {s.image for s in samples} <= {r.sample.image for r in raster_val.regions}:
+            raise ConfigError(
+                "rasters are evaluated per split, on the tiles training used",
+                where="--split",
+                hint="use liandan evaluate RUN --split val, test or all",
+            )
+        return raster_val.evaluate_with(predictor)  # type: ignore[no-any-return]
     classes = checked.index.classes
     n = classes.num_classes
     task = predictor.task
