@@ -350,7 +350,7 @@ def tune_cmd(
     from liandan.tune import trials_table
     from liandan.tune import tune as run_tune
 
-    check_out(out, f"tune-{name}")
+    check_out(out, name)  # the study folder is tune-NAME
     data, overrides = _split_args(args)
     if data is None:
         raise UsageError("give the DATA folder")

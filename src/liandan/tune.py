@@ -170,7 +170,7 @@ def tune(
 
     from liandan.api import _as_config, train_into
     from liandan.data.datamodule import build_data
-    from liandan.runs import create_run_dir
+    from liandan.runs import check_run_name, create_run_dir, make_dir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = _as_config(config, overrides)
@@ -178,8 +178,7 @@ def tune(
     if budget is not None:
         base.train.budget = budget
     probe = build_data(base)  # fails on bad data before a study is made; fills task
-    folder = Path(out) / f"tune-{name}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dir(Path(out) / f"tune-{check_run_name(name)}")
     url = storage or os.environ.get("LIANDAN_STORAGE") or f"sqlite:///{folder / 'study.db'}"
     search = space if isinstance(space, dict) else load_space(space, str(probe.index.task))
     monitor = base.resolved_monitor()
