@@ -72,7 +72,9 @@ def test_imbalanced_masks_weight_rare_classes():
     assert cfg.loss.name == "focal+dice" and cfg.loss.class_weights == "auto"
     assert "500" in p.reasons["loss.class_weights"]
     assert cfg.data.image_size == 256 and "900" in p.reasons["data.image_size"]
-    assert cfg.augment.scale == (0.5, 1.0)  # images much larger than the input
+    # images much larger than the crop: zoom around the native scale (segmentation)
+    assert cfg.augment.scale == (0.5, 2.0) and "native" in p.reasons["augment.scale"]
+    assert cfg.train.steps_per_epoch == "auto"  # sized by measured costs
     assert cfg.augment.rotate90 == 0.0  # upright photos
     assert cfg.train.budget == "10m" and cfg.train.epochs >= 100
     balanced = plan_from_fingerprint(

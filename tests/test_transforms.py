@@ -365,3 +365,22 @@ def test_brightness_contrast_in_the_training_set_is_reproducible_from_the_seed(
     plain = items(0)
     changed = sum(not np.array_equal(a, b) for a, b in zip(first, plain, strict=True))
     assert 0 < changed < len(plain)  # applied to some samples, not all (p = 0.5)
+
+
+def test_segment_scale_zooms_around_the_native_resolution() -> None:
+    """augment.scale for segmentation is relative to the crop: on a 512 px image, 16 px
+    stripes stay 11-23 px wide in 64 px crops (as an area share of the whole image they
+    were shrunk to 2-3 px, a scale predict at native resolution never sees)."""
+    cfg = AugmentConfig(scale=(0.5, 2.0))
+    aug = build_augment(cfg, task="segment", image_size=64, train=True, seed=0)
+    columns = np.arange(512)
+    mask = np.broadcast_to(((columns // 16) % 2).astype(np.int16), (512, 512)).copy()
+    image = np.repeat((mask * 200).astype(np.uint8)[..., None], 3, axis=2)
+    widths = []
+    for _ in range(30):
+        row = aug(image=image, mask=mask)["mask"][32]
+        edges = np.flatnonzero(np.diff(row)) + 1
+        widths += list(np.diff(edges))  # whole stripes between two edges
+    assert widths
+    assert 16 / 1.5 <= float(np.median(widths)) <= 16 * 1.5
+    assert min(widths) >= 16 / 1.5 - 1 and max(widths) <= 16 * 1.5 + 1

@@ -116,6 +116,7 @@ def train(
     name: str = "train",
     init_from: str | Path | None = None,
     plan: bool = False,
+    started: float | None = None,
 ) -> RunResult:
     """Train a model and write a run folder.
 
@@ -129,6 +130,8 @@ def train(
             data); sets ``model.weights`` to its ``model/weights.safetensors``.
         plan: start from ``liandan plan``'s config for DATA (the config file and
             overrides win); writes plan.yaml and plan.md into the run.
+        started: ``time.perf_counter()`` at which the budget (``train.budget``) starts
+            counting; default: now (the command line passes the process's start).
 
     >>> result = liandan.train("data/", overrides=["train.epochs=5"])  # doctest: +SKIP
     >>> result.metrics["overall"]["mean_iou"]  # doctest: +SKIP
@@ -142,7 +145,8 @@ def train(
     )
 
     started = time.time()
-    command_start = time.perf_counter()  # train.budget covers the whole command
+    # train.budget covers the whole command
+    command_start = time.perf_counter() if started is None else started
     if not is_first_process():  # DDP rank > 0: rank 0's run folder and resolved config
         run_dir = shared_run_dir(out, name, started, lambda: create_run_dir(out, name))
         cfg = follower_config(run_dir)
@@ -271,10 +275,6 @@ def train_into(
     save_model_bundle(run_dir, task.eval_model().state_dict(), model_meta(cfg, bundle))
     metrics, samples = evaluate_with_samples(run_dir, split="val", write=True, bundle=bundle)
     duration = time.perf_counter() - start
-    if cfg.train.budget:
-        from liandan.engine.budget import record_total
-
-        record_total(run_dir, duration)
     try:
         from liandan.report import write_report
 
@@ -283,6 +283,10 @@ def train_into(
         )
     except Exception as exc:  # a report must never cost the user a finished run
         log.warning("the report was not written: %s", exc, exc_info=log.isEnabledFor(10))
+    if cfg.train.budget:  # the whole command, report included
+        from liandan.engine.budget import record_total
+
+        record_total(run_dir, time.perf_counter() - start)
     return RunResult(run_dir, metrics, cfg, list(bundle.notes), duration)
 
 

@@ -121,8 +121,17 @@ def train(
             overrides.append(f"train.budget={budget}")
         if plan is None:  # `liandan train DATA`: the dataset's plan, then your overrides
             plan = config is None and init_from is None
+        from liandan.engine.budget import process_start
+
         result = run_train(
-            data, config, overrides, out=out, name=name, init_from=init_from, plan=plan
+            data,
+            config,
+            overrides,
+            out=out,
+            name=name,
+            init_from=init_from,
+            plan=plan,
+            started=process_start(),  # a budget counts from the command's start
         )
     if not result.metrics:  # a DDP process other than rank 0: rank 0 reports
         return

@@ -132,7 +132,9 @@ class AugmentConfig(Section):
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     vflip: float = Field(0.0, ge=0.0, le=1.0)
     rotate90: float = Field(0.0, ge=0.0, le=1.0)
-    scale: tuple[float, float] = (1.0, 1.0)  # random-resized-crop area range; (1,1) = off
+    # random-resized-crop area range; (1,1) = off. classify: share of the image's area;
+    # segment: area relative to the training crop (zoom around the native scale)
+    scale: tuple[float, float] = (1.0, 1.0)
     brightness_contrast: float = Field(0.0, ge=0.0, le=1.0)  # probability
     rotate: float = Field(0.0, ge=0.0, le=180.0)  # random rotation within +-degrees
     shift_scale_rotate: float = Field(0.0, ge=0.0, le=1.0)  # probability of a small affine

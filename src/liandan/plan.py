@@ -24,6 +24,7 @@ from liandan.config import Config, DataConfig, apply_override
 from liandan.data.fingerprint import Fingerprint
 from liandan.data.readers import RASTER_EXTS
 from liandan.engine.batch_size import MIN_BN_BATCH, MIN_STEPS, batch_cap, pow2_floor
+from liandan.engine.budget import FIXED_SHARE
 
 CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
 GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
@@ -245,7 +246,11 @@ def plan_from_fingerprint(
         put("augment.vflip", 0.0, f"{upright}: upside-down is not")
     if dtype == "uint8" and bands == 3:
         put("augment.brightness_contrast", 0.3, "RGB photos vary in exposure")
-    if side >= 1.5 * size:
+    if side >= 1.5 * size and seg:
+        put("augment.scale", [0.5, 2.0], f"images ({side} px) are larger than the {size} px "
+            "crop: windows of 0.71-1.41 times its side, resized to it, add scale variety "
+            "around the native resolution predict runs at (nnU-Net scales by 0.7-1.4)")  # fmt: skip
+    elif side >= 1.5 * size:
         put("augment.scale", [0.5, 1.0], f"images ({side} px) are larger than the input "
             f"({size} px): random crops of half to all of the area add scale variety")  # fmt: skip
 
@@ -276,6 +281,11 @@ def plan_from_fingerprint(
         target = GPU_STEPS if gpu else CPU_STEPS
         epochs = int(min(MAX_EPOCHS, max(10, math.ceil(target / steps))))
         put("train.epochs", epochs, f"about {target} optimizer steps ({steps} per epoch)")
+    put("train.steps_per_epoch", "auto", f"an epoch is the unit of validation and "
+        f"checkpoints, not a pass over the data ({steps} steps here): it is sized when "
+        f"training starts so that they cost under {FIXED_SHARE:.0%} of its training time, "
+        "measured (small datasets are drawn several times per epoch, each draw a fresh "
+        "crop)")  # fmt: skip
     put("schedule.name", "cosine", "cosine decay: no schedule knobs to tune")
     put("schedule.warmup_epochs", 1.0 if epochs >= 10 else 0.0, "one warmup epoch steadies "
         "AdamW's first steps")  # fmt: skip

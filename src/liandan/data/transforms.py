@@ -7,6 +7,7 @@ on the image and mask together (nearest-neighbour for masks, always).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -324,7 +325,9 @@ def build_augment(
     ``augment.scale`` is not (1, 1); for evaluation resize-then-centre-crop when
     ``augment.eval_resize`` is set). Segmentation keeps the native resolution and
     trains on random ``image_size`` crops (padded where smaller; pad pixels are
-    ignored), so predict at native resolution sees the scale it was trained on.
+    ignored), so predict at native resolution sees the scale it was trained on; there
+    ``augment.scale`` is the area of a random window relative to the crop, resized to
+    the crop (``(0.5, 2.0)``: windows of 0.71 to 1.41 times its side).
 
     Args:
         cfg: the ``augment`` config section.
@@ -347,18 +350,20 @@ def build_augment(
         else:
             ops.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA))
     elif train:
-        ops.append(
-            A.PadIfNeeded(
-                image_size, image_size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=-1
-            )
-        )
-        if tuple(cfg.scale) != (1.0, 1.0):
+        # segmentation: scale is the window's area relative to the training crop, so the
+        # zoom stays near the native resolution predict runs at (an area fraction of a
+        # 2000 px image would shrink it 8x); windows larger than the image are padded
+        lo, hi = (max(8, round(image_size * math.sqrt(s))) for s in cfg.scale)
+        side = max(image_size, hi)
+        ops.append(A.PadIfNeeded(side, side, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=-1))
+        if (lo, hi) != (image_size, image_size):
             # INTER_NEAREST_EXACT: OpenCV's INTER_NEAREST samples floor(x * scale), up to
             # half a pixel off the bilinear image; the exact variant samples pixel centres
             ops.append(
-                A.RandomResizedCrop(
-                    size,
-                    scale=tuple(cfg.scale),
+                A.RandomSizedCrop(
+                    (lo, hi),
+                    size=size,
+                    w2h_ratio=1.0,
                     mask_interpolation=cv2.INTER_NEAREST_EXACT,
                     p=1.0,
                 )
