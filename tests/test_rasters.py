@@ -231,7 +231,7 @@ def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path, monkeypatch) -
         raise AssertionError("a raster was read whole")
 
     monkeypatch.setattr("liandan.data.datasets.read_image", whole)
-    monkeypatch.setattr("liandan.report.samples.read_mask", whole)
+    monkeypatch.setattr("liandan.data.masks.read_mask", whole)
     monkeypatch.setattr("liandan.data.scan.read_image", whole)
     monkeypatch.setattr("liandan.data.scan.read_mask", whole)
     scored = evaluate(result.run_dir, split_root, split="test")
