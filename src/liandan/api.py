@@ -144,11 +144,11 @@ def train(
         shared_run_dir,
     )
 
-    started = time.time()
     # train.budget covers the whole command
     command_start = time.perf_counter() if started is None else started
+    launched = time.time()  # names this launch's run folder for the DDP processes
     if not is_first_process():  # DDP rank > 0: rank 0's run folder and resolved config
-        run_dir = shared_run_dir(out, name, started, lambda: create_run_dir(out, name))
+        run_dir = shared_run_dir(out, name, launched, lambda: create_run_dir(out, name))
         cfg = follower_config(run_dir)
         return train_into(cfg, build_data(cfg), run_dir)
     planned = None
@@ -165,7 +165,7 @@ def train(
         cfg.data.root = Path(data).resolve()
     bundle = build_data(cfg)  # fails on bad data before a run folder is made
     # one folder per launch: announced to the other DDP processes (docs/scale.md)
-    run_dir = shared_run_dir(out, name, started, lambda: create_run_dir(out, name))
+    run_dir = shared_run_dir(out, name, launched, lambda: create_run_dir(out, name))
     if planned is not None:
         planned.write(run_dir / "plan.yaml")
     try:

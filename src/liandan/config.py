@@ -132,9 +132,8 @@ class AugmentConfig(Section):
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     vflip: float = Field(0.0, ge=0.0, le=1.0)
     rotate90: float = Field(0.0, ge=0.0, le=1.0)
-    # random-resized-crop area range; (1,1) = off. classify: share of the image's area;
-    # segment: area relative to the training crop (zoom around the native scale)
-    scale: tuple[float, float] = (1.0, 1.0)
+    # classify: the share of the image's area; segment: relative to the training crop
+    scale: tuple[float, float] = (1.0, 1.0)  # random-resized-crop area range; (1,1) = off
     brightness_contrast: float = Field(0.0, ge=0.0, le=1.0)  # probability
     rotate: float = Field(0.0, ge=0.0, le=180.0)  # random rotation within +-degrees
     shift_scale_rotate: float = Field(0.0, ge=0.0, le=1.0)  # probability of a small affine
@@ -163,16 +162,13 @@ class TrainConfig(Section):
     accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"
     num_workers: int | Literal["auto"] = "auto"
-    # optimizer steps per epoch: None = one pass over the training set; an int caps it
-    # (or repeats fresh random crops past one pass); auto = sized from measured costs so
-    # validation and checkpoints stay under a tenth of the training time
-    steps_per_epoch: PositiveInt | Literal["auto"] | None = None
-    # in-training validation of segmentation: auto = fixed seeded crops when the
-    # validation images are much larger than the training crop, 0 = whole images
-    val_patches: NonNegativeInt | Literal["auto"] = "auto"
-    # the weights exported to model/: auto = last with train.budget (the schedule ends
-    # at its floor), else the best validation epoch
-    export: Literal["auto", "best", "last"] = "auto"
+    # None = one pass over the training set; an int caps it (or draws fresh random crops
+    # past one pass); auto = validation and checkpoints under a tenth of an epoch
+    steps_per_epoch: PositiveInt | Literal["auto"] | None = None  # optimizer steps per epoch
+    # auto: crops when the validation images are >= 4x the training crop's area
+    val_patches: NonNegativeInt | Literal["auto"] = "auto"  # segment: crops validated; 0 = whole
+    # auto: last with train.budget (its schedule ends at the floor), else best
+    export: Literal["auto", "best", "last"] = "auto"  # the weights model/ gets
     checkpoint_interval: str = "3m"  # last.ckpt at most this often (and at every stop)
 
     @field_validator("budget", "checkpoint_interval")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from liandan.config import Config
 from liandan.data.datasets import SampleDataset, load_image, pad_collate
-from liandan.data.epochs import val_patches
+from liandan.data.epochs import ValPatches, val_patches
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
 from liandan.data.samplers import EvalShardSampler, RareClassCrop, balanced_sampler
 from liandan.data.scan import CheckedDataset, check_dataset
@@ -219,7 +219,7 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         **loader_args,  # type: ignore[arg-type]
     )
     val_batch = wanted if index.task == "classify" else max(1, batch // 2)
-    val_source: Dataset = val_ds
+    val_source: SampleDataset | ValPatches = val_ds
     if index.task == "segment":  # large images: validated on fixed crops during training
         patches, why = val_patches(val_ds, size, cfg.train.val_patches, cfg.train.seed)
         if patches is not None and why is not None:

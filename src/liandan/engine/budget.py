@@ -381,7 +381,8 @@ class BudgetCallback(L.Callback):
             pace = min(pace, (trainer.global_step - step_then) / (now - then))
         left = self.train_s - self.elapsed() - self.val_s
         total = trainer.global_step + int(max(0.0, left) * pace)
-        total = min(total, (trainer.max_epochs or 1) * max(1, trainer.num_training_batches))
+        most = (trainer.max_epochs or 1) * max(1, int(trainer.num_training_batches))
+        total = min(total, most)
         if trainer.world_size > 1:  # every rank must agree on the length: rank 0's
             total = int(trainer.strategy.broadcast(total, src=0))
         if abs(total - self.total_steps) > 0.01 * self.total_steps:  # recorded when it moves

@@ -130,7 +130,10 @@ def build_trainer(
         logger=logger,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
-        limit_train_batches=cfg.train.steps_per_epoch,
+        # an int once train_into resolved auto (data.epochs: longer epochs are redrawn)
+        limit_train_batches=cfg.train.steps_per_epoch
+        if isinstance(cfg.train.steps_per_epoch, int)
+        else None,
         log_every_n_steps=1 if accelerator_is_cpu(cfg) else SYNC_EVERY,
         enable_progress_bar=bar,
         enable_model_summary=False,
