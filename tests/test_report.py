@@ -218,6 +218,9 @@ def test_runs_trained_on_polygons_get_a_report(tmp_path: Path) -> None:
     assert sections(page) == SEG_SECTIONS
     assert "labelled pixels" in page and "field" in page and "water" in page
     check_images(run, page)
+    # the gallery shows the worst validation tiles: image | truth | prediction
+    assert list((run / "plots" / "gallery").glob("seg_01_*.png"))
+    assert "scene.tif rows 120-" in page
     # `liandan report` alone: the rasters are checked and validated as training did
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "report.html").unlink()

@@ -278,16 +278,31 @@ class RasterTiles(Dataset):
         return np.where(mask < 0, -1, mask)
 
     def evaluate_with(self, predictor: Any) -> SampleResults:
-        """Predict every validation tile (as predict would) and count it."""
+        """Predict every validation tile (as predict would) and count it.
+
+        Each tile is also scored on its own (its IoU), so the report can show the worst.
+        """
         from liandan.metrics import ConfusionMatrix
+        from liandan.metrics_extra import image_iou
         from liandan.report.samples import SampleResults
 
-        cm = ConfusionMatrix(self.classes.num_classes, ignore_index=-1)
+        n = self.classes.num_classes
+        cm = ConfusionMatrix(n, ignore_index=-1)
+        names: list[str] = []
+        ious: list[float | None] = []
         for region, top, left in self.windows:
             image, mask = self.read(region, top, left)
             probs = predictor.predict_array(image, region.sample.image)
-            cm.update(torch.from_numpy(probs.argmax(0)), torch.from_numpy(mask))
-        return SampleResults("segment", list(self.classes.names), [], [], cm.numpy())
+            one = ConfusionMatrix(n, ignore_index=-1)
+            one.update(torch.from_numpy(probs.argmax(0)), torch.from_numpy(mask))
+            cm.merge(one)
+            h, w = mask.shape
+            name = region.sample.image.name
+            names.append(f"{name} rows {top}-{top + h}, columns {left}-{left + w}")
+            ious.append(image_iou(one.numpy()))
+        results = SampleResults("segment", list(self.classes.names), [], names, cm.numpy())
+        results.ious, results.windows, results.reader = ious, list(self.windows), self
+        return results
 
 
 def fit_raster_normalizer(regions: list[Region], ds: RasterTiles, cfg: Config, seed: int) -> Any:

@@ -120,7 +120,7 @@ def segmentation_gallery(
     bands: list[int] | None = None,
     size: int = GALLERY_SIZE,
 ) -> list[GalleryItem]:
-    """The ``size`` validation images with the lowest IoU, worst first.
+    """The ``size`` validation images (rasters: tiles) with the lowest IoU, worst first.
 
     Each PNG shows the image, the truth and the prediction (class colours over the
     image); ``predictor`` is the run's :class:`~liandan.predict.Predictor` (only these
@@ -132,10 +132,16 @@ def segmentation_gallery(
     order = sorted(scored, key=lambda i: (results.ious[i], results.names[i]))[:size]
     items: list[GalleryItem] = []
     for rank, i in enumerate(order, start=1):
-        sample = results.samples[i]
-        image = load_image(checked, sample, bands)
-        pred = predictor.predict_array(image, sample.image).argmax(0)
-        truth = truth_mask(checked, sample, mapper).astype(np.int64)
+        if results.reader is not None:  # rasters: a validation tile
+            region, top, left = results.windows[i]
+            image, truth = results.reader.read(region, top, left)
+            source = region.sample.image
+        else:
+            sample = results.samples[i]
+            image, source = load_image(checked, sample, bands), sample.image
+            truth = truth_mask(checked, sample, mapper)
+        pred = predictor.predict_array(image, source).argmax(0)
+        truth = truth.astype(np.int64)
         rgb = display_rgb(image)
         panels = [fit(rgb), fit(overlay(rgb, truth, colors)), fit(overlay(rgb, pred, colors))]
         path = out / "gallery" / f"seg_{rank:02d}_{_slug(results.names[i])}.png"

@@ -123,6 +123,10 @@ class SampleResults:
         probs: ``(N, K)`` class probabilities (classification).
         targets: ``(N,)`` true class indices (classification).
         ious: per-image IoU, ``None`` where every pixel is ignored (segmentation).
+        windows: rasters: the validation tiles ``(region, top, left)`` that ``names``
+            and ``ious`` describe (``samples`` is then empty), read by ``reader``.
+        reader: rasters: the :class:`~liandan.data.raster_tiles.RasterTiles` to read
+            a tile's image and labels with (``reader.read(*window)``).
     """
 
     task: str
@@ -133,6 +137,8 @@ class SampleResults:
     probs: np.ndarray | None = None
     targets: np.ndarray | None = None
     ious: list[float | None] = field(default_factory=list)
+    windows: list[Any] = field(default_factory=list)
+    reader: Any = None
 
     def extras(self) -> dict[str, Any]:
         """The extra metrics.json entries (see :mod:`liandan.metrics_extra`)."""
