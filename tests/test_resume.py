@@ -40,9 +40,9 @@ def _flatten(prefix: str, value: object) -> dict[str, torch.Tensor]:
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert any(k.startswith("ema.module.") for k in state["state_dict"])  # the EMA's too
     return {
         **_flatten("model", state["state_dict"]),
-        **_flatten("ema", state["ema_state"]),
         **_flatten("optim", state["optimizer_states"][0]["state"]),
     }
 

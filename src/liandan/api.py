@@ -269,9 +269,7 @@ def train_into(
     best = run_dir / "checkpoints" / "best.ckpt"
     if cfg.resolved_export() == "best" and best.is_file():
         state = load_checkpoint_file(best, unsafe=cfg.train.unsafe_load)
-        task.load_state_dict(state["state_dict"])
-        if "ema_state" in state and task.ema is not None:
-            task.ema.load_state_dict(state["ema_state"])
+        task.load_weights(state)  # the model and its EMA
     save_model_bundle(run_dir, task.eval_model().state_dict(), model_meta(cfg, bundle))
     metrics, samples = evaluate_with_samples(run_dir, split="val", write=True, bundle=bundle)
     duration = time.perf_counter() - start

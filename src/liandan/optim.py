@@ -337,7 +337,11 @@ def build_scheduler(
 
     def factor(step: int) -> float:
         if length.total_steps is not None:  # train.budget: the length in steps, re-fitted
-            return _factor(cfg, _clock_steps(cfg, step, length.total_steps, steps_per_epoch))
+            total = length.total_steps
+            done = length.progress() if length.progress is not None else 0.0
+            if done > 0.05 and step > 0:  # the clock ahead of the steps: it sets the pace
+                total = min(total, max(step + 1, int(step / min(done, 1.0))))
+            return _factor(cfg, _clock_steps(cfg, step, total, steps_per_epoch))
         return _factor(cfg, _clock(cfg, step, length.epochs, steps_per_epoch))
 
     # One lambda per group: LambdaLR then scales each group's own initial lr.
@@ -348,15 +352,20 @@ class RunLength:
     """The run's length, read by a step schedule at every step: ``epochs``, or
     ``total_steps`` when set.
 
-    ``train.budget`` sets ``total_steps`` from the measured speed and re-fits it after
-    every epoch (see :class:`liandan.engine.budget.BudgetCallback`): the schedule then
+    ``train.budget`` sets ``total_steps`` from the measured speed and re-fits it as
+    training goes (see :class:`liandan.engine.budget.BudgetCallback`): the schedule then
     decays over the new length from the step it has reached, so the last step of the
-    budget is taken at the schedule's floor.
+    budget is taken at the schedule's floor. In one process ``progress`` (the share of
+    the training time used) also counts: the schedule follows whichever is further.
     """
 
     def __init__(self, epochs: int, total_steps: int | None = None) -> None:
         self.epochs = epochs
         self.total_steps = total_steps
+        # with total_steps: the share of the time for training used so far (or None);
+        # when it is ahead of step / total_steps the schedule follows it, so the last
+        # step before the deadline is at the floor even if the machine slowed down
+        self.progress: Callable[[], float] | None = None
 
 
 class StepSchedule(LambdaLR):
@@ -382,37 +391,49 @@ class StepSchedule(LambdaLR):
 
 
 # ----------------------------------------------------------------- weight averaging
-class ModelEMA:
+class ModelEMA(nn.Module):
     """Exponential moving average of a model's weights (Polyak averaging).
 
     After ``update(model)``, every floating-point entry of the state (parameters and
     buffers such as BatchNorm statistics) is ``decay * ema + (1 - decay) * model``;
     integer buffers are copied. The average starts as a copy of ``model``.
 
+    A module, so that the average is part of its owner: ``.to(device)``, ``.half()``
+    and channels-last move it with the model, and the owner's ``state_dict`` (hence
+    every checkpoint) holds it as ``<name>.module.*`` and ``<name>.num_updates`` (the
+    decay is the config's). It stays in eval mode and its parameters take no gradient.
+
     Args:
         model: the model being trained.
         decay: weight of the running average, e.g. 0.999.
     """
 
+    num_updates: torch.Tensor
+
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
+        super().__init__()
         self.decay = decay
-        self.num_updates = 0
-        self._module = copy.deepcopy(model).eval()
-        for param in self._module.parameters():
+        self.module = copy.deepcopy(model)
+        for param in self.module.parameters():
             param.requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        self.train(False)
 
-    @property
-    def module(self) -> nn.Module:
-        """The averaged model (in eval mode, no gradients)."""
-        return self._module
+    def train(self, mode: bool = True) -> ModelEMA:
+        """The average is never trained: it stays in eval mode (its owner's train() too)."""
+        return super().train(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The averaged model's output."""
+        return self.module(*args, **kwargs)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Fold the current weights of ``model`` into the average."""
         averaged, current = [], []
-        ema_state = self._module.state_dict()
+        ema_state = self.module.state_dict()
         for name, value in model.state_dict().items():
             target = ema_state[name]
             if target.is_floating_point():
@@ -424,19 +445,21 @@ class ModelEMA:
             torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
         self.num_updates += 1
 
-    def state_dict(self) -> dict[str, Any]:
-        """The averaged weights and the update count."""
-        return {
-            "module": self._module.state_dict(),
-            "num_updates": self.num_updates,
-            "decay": self.decay,
-        }
+    @staticmethod
+    def legacy_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """The state dict entries of a checkpoint's former ``ema_state`` record.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self._module.load_state_dict(state["module"])
-        self.num_updates = int(state.get("num_updates", 0))
-        self.decay = float(state.get("decay", self.decay))
+        Checkpoints written before the average was a module kept it apart, as
+        ``{"module": ..., "num_updates": int, "decay": float}``; the decay is the
+        config's (``optim.ema``).
+        """
+        entries: dict[str, Any] = {
+            f"{prefix}module.{key}": value for key, value in state["module"].items()
+        }
+        entries[f"{prefix}num_updates"] = torch.tensor(
+            int(state.get("num_updates", 0)), dtype=torch.int64
+        )
+        return entries
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -54,6 +54,8 @@ class LiandanTask(L.LightningModule):
             ignore_index=IGNORE,
             class_weights=class_weights,
         )
+        # a submodule: .to(), precision and channels-last move it with the model, and
+        # checkpoints hold it in the state dict (ema.module.*, ema.num_updates)
         self.ema: ModelEMA | None = ModelEMA(self.model, cfg.optim.ema) if cfg.optim.ema else None
         self.mixer = build_mixer(cfg.augment, self.task, cfg.train.seed)  # mixup / cutmix
         self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE)
@@ -204,9 +206,34 @@ class LiandanTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.val_confusion is not None:  # the epoch's validation counts, all ranks summed
             checkpoint["val_confusion"] = self.val_confusion
-        if self.ema is not None:
-            checkpoint["ema_state"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None and "ema_state" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema_state"])
+        upgrade_checkpoint(checkpoint, ema=self.ema is not None)
+
+    def load_weights(self, checkpoint: dict[str, Any]) -> None:
+        """Load a checkpoint's weights (model, EMA), older checkpoint formats included."""
+        upgrade_checkpoint(checkpoint, ema=self.ema is not None)
+        self.load_state_dict(checkpoint["state_dict"])
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any], *, ema: bool) -> None:
+    """Bring a checkpoint of an older format to the module's state dict, in place.
+
+    Checkpoints written before the EMA was a submodule kept it apart as ``ema_state``;
+    its entries move into ``state_dict`` under ``ema.``. A run with EMA resumed from a
+    checkpoint without one starts its average from the checkpoint's model weights.
+    """
+    state = checkpoint.get("state_dict")
+    if state is None:
+        return
+    legacy = checkpoint.pop("ema_state", None)
+    if not ema:
+        for key in [k for k in state if k.startswith("ema.")]:
+            del state[key]
+    elif legacy is not None:
+        state.update(ModelEMA.legacy_state(legacy, prefix="ema."))
+    elif not any(k.startswith("ema.") for k in state):
+        state.update(
+            {f"ema.module.{k[6:]}": v for k, v in list(state.items()) if k.startswith("model.")}
+        )
+        state["ema.num_updates"] = torch.zeros((), dtype=torch.int64)
