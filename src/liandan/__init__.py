@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "LiandanError",
+    "compare",
     "demo",
     "evaluate",
     "export",
@@ -26,6 +27,7 @@ __all__ = [
     "scan",
     "score",
     "train",
+    "train_folds",
     "tune",
 ]
 
@@ -36,6 +38,8 @@ from liandan.errors import CheckpointError, ConfigError, DataError, LiandanError
 # function (liandan.callable_module explains why)
 _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("liandan.api", "train"),
+    "train_folds": ("liandan.folds", "train_folds"),
+    "compare": ("liandan.compare", "compare"),
     "evaluate": ("liandan.evaluation", "evaluate"),
     "demo": ("liandan.demo_run", "demo"),
     "predict": ("liandan.predict", "predict"),

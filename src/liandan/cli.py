@@ -102,6 +102,10 @@ def train(
     budget: Annotated[
         str | None, typer.Option(help="wall-clock budget, e.g. 10m: epochs fitted to it")
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(help="k-fold cross-validation: one run per fold in NAME/fold-K, an ensemble"),
+    ] = None,
 ) -> None:
     """Train a model on DATA (or data.root from the config)."""
     from liandan.api import resume as run_resume
@@ -110,7 +114,7 @@ def train(
 
     data, overrides = _split_args(args)
     if resume is not None:
-        if data or overrides or config or init_from:
+        if data or overrides or config or init_from or folds:
             raise UsageError("--resume takes only the run folder: its config.yaml is used")
         result = run_resume(resume, unsafe_load=unsafe_load)
     else:
@@ -123,22 +127,54 @@ def train(
             plan = config is None and init_from is None
         from liandan.engine.budget import process_start
 
-        result = run_train(
-            data,
-            config,
-            overrides,
-            out=out,
-            name=name,
-            init_from=init_from,
-            plan=plan,
-            started=process_start(),  # a budget counts from the command's start
-        )
+        if folds is not None:  # one run per fold, pooled metrics, an ensemble
+            from liandan.folds import train_folds
+
+            if init_from is not None:
+                raise UsageError("--folds and --init-from cannot be combined")
+            result = train_folds(
+                data, config, overrides, folds=folds, out=out, name=name, plan=plan,
+                started=process_start(),
+            )  # fmt: skip
+        else:
+            result = run_train(
+                data, config, overrides, out=out, name=name, init_from=init_from, plan=plan,
+                started=process_start(),  # a budget counts from the command's start
+            )  # fmt: skip
     if not result.metrics:  # a DDP process other than rank 0: rank 0 reports
         return
     for note in result.notes:
         console.print(f"[dim]note: {q(note)}[/dim]")
     show_metrics(console, result.metrics, f"validation metrics of [bold]{q(result.run_dir)}[/bold]")
     console.print(f"run folder: {q(result.run_dir)}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="finished run folders")],
+    split: Annotated[str, typer.Option(help="val (metrics.json) or a split evaluated")] = "val",
+    plot: Annotated[Path | None, typer.Option(help="also draw them into this new PNG")] = None,
+) -> None:
+    """Print (and plot) finished runs' metrics side by side."""
+    from rich.table import Table
+
+    from liandan.compare import compare as run_compare
+
+    result = run_compare(list(runs), split=split, plot=plot)
+    table = Table(title=f"{split} metrics")
+    table.add_column("run")
+    for key in result["metrics"]:
+        table.add_column(key.replace("_", " "), justify="right")
+    for run, row in result["runs"].items():
+        spread = result["spread"].get(run, {})
+        cells = [
+            "–" if v is None else f"{v:.4f}" + (f" ± {spread[k]:.4f}" if spread.get(k) else "")
+            for k, v in row.items()
+        ]
+        table.add_row(q(run), *cells)
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot: {q(plot)}")
 
 
 @app.command("lr-find")

@@ -63,6 +63,8 @@ class DataConfig(Section):
     lossy_masks: Literal["error", "nearest"] = "error"  # JPEG/WebP masks: nearest snaps to classes
     cache: bool = True  # keep decoded images in memory when they fit (small datasets)
     sampler: Literal["random", "balanced"] = "random"  # balanced: even classes / rare-class crops
+    folds: int | None = Field(None, ge=2)  # k-fold cross-validation (train --folds K)
+    fold: int | None = Field(None, ge=0)  # the fold validated by this run (0 .. folds-1)
 
 
 class ModelConfig(Section):

@@ -263,6 +263,10 @@ def load_model(run: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         from liandan.export import load_export
 
         return load_export(folder, meta), meta
+    if "ensemble" in meta:  # a k-fold run: its folds' networks, probabilities averaged
+        from liandan.ensemble import load_ensemble
+
+        return load_ensemble(folder, meta), meta
 
     from safetensors.torch import load_file
 

@@ -58,11 +58,22 @@ class DataBundle:
         return counts
 
 
-def split_samples(index: DatasetIndex, val_fraction: float, seed: int) -> dict[str, list[Sample]]:
+def split_samples(
+    index: DatasetIndex,
+    val_fraction: float,
+    seed: int,
+    folds: tuple[int, int] | None = None,
+) -> dict[str, list[Sample]]:
     """Use the dataset's own splits, or draw a seeded validation split.
 
-    Classification splits are stratified by class so every class is validated.
+    Classification splits are stratified by class so every class is validated. With
+    ``folds=(k, K)`` (k-fold cross-validation), the training and validation samples are
+    pooled and dealt into ``K`` seeded folds (stratified by class for classification;
+    each segmentation sample is one image, so folds group by image); fold ``k`` is
+    validated, the others train. A test split stays aside.
     """
+    if folds is not None:
+        return _fold_split(index, seed, *folds)
     if index.has_splits:
         splits = {name: index.split(name) for name in ("train", "val", "test")}
         if not splits["train"]:
@@ -102,6 +113,39 @@ def split_samples(index: DatasetIndex, val_fraction: float, seed: int) -> dict[s
     return splits
 
 
+def cv_pool(index: DatasetIndex) -> list[Sample]:
+    """The samples k-fold cross-validation deals into folds: all but the test split."""
+    if index.has_splits:
+        return index.split("train") + index.split("val")
+    return list(index.samples)
+
+
+def _fold_split(index: DatasetIndex, seed: int, k: int, n_folds: int) -> dict[str, list[Sample]]:
+    pool = cv_pool(index)
+    if len(pool) < n_folds:
+        raise DataError(
+            f"{len(pool)} samples cannot be dealt into {n_folds} folds",
+            where=index.root,
+            hint="use fewer folds (--folds) or add samples",
+        )
+    groups: dict[int, list[Sample]] = {}
+    for s in pool:  # classification: stratified by class; segmentation: one group
+        key = int(s.target) if index.task == "classify" else 0  # type: ignore[arg-type]
+        groups.setdefault(key, []).append(s)
+    rng = random.Random(seed)
+    dealt = 0  # continue the deal across classes, so fold sizes differ by at most one
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for key in sorted(groups):
+        members = list(groups[key])
+        rng.shuffle(members)
+        for s in members:
+            (val if dealt % n_folds == k else train).append(s)
+            dealt += 1
+    test = index.split("test") if index.has_splits else []
+    return {"train": train, "val": val, "test": test}
+
+
 def resolve_workers(setting: int | str, cached: bool) -> int:
     if setting != "auto":
         return int(setting)
@@ -118,6 +162,18 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def fold_of(cfg: Config) -> tuple[int, int] | None:
+    """``(fold, folds)`` of a k-fold run, or None."""
+    if cfg.data.folds is None:
+        return None
+    fold = cfg.data.fold or 0
+    if fold >= cfg.data.folds:
+        raise ConfigError(
+            f"fold {fold} of {cfg.data.folds} folds", where="data.fold", hint="0 .. folds-1"
+        )
+    return fold, cfg.data.folds
 
 
 def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBundle:
@@ -150,10 +206,12 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         cache=cfg.data.cache,
         lossy_masks=cfg.data.lossy_masks,
     )
-    splits = split_samples(index, cfg.data.val_fraction, cfg.train.seed)
+    splits = split_samples(index, cfg.data.val_fraction, cfg.train.seed, fold_of(cfg))
     if normalizer is None:
         rng = random.Random(cfg.train.seed)
-        train = splits["train"]
+        # k-fold: every fold normalizes alike (statistics of the whole pool, as nnU-Net's
+        # fingerprint), so the folds' models take the same input and ensemble
+        train = cv_pool(index) if cfg.data.folds else splits["train"]
         chosen = rng.sample(train, min(len(train), 256))
         arrays = [load_image(checked, s, cfg.data.bands) for s in chosen]
         normalizer = fit_normalizer(cfg.data.normalize, arrays, cfg.data.percentiles)

@@ -332,11 +332,18 @@ class BudgetCallback(L.Callback):
         """Training seconds used, earlier sessions included."""
         return self.done_s + time.perf_counter() - self.start
 
+    def progress(self) -> float:
+        """The share used of the time training may take before its last validation."""
+        return self.elapsed() / max(self.train_s - self.val_s, 1e-6)
+
     def _set_length(self, trainer: L.Trainer) -> None:
         for config in trainer.lr_scheduler_configs:
             length = getattr(config.scheduler, "run_length", None)
             if length is not None:
                 length.total_steps = self.total_steps
+                # one process: the clock may lead the schedule (DDP ranks' clocks differ
+                # and their learning rates must not: there the steps alone count)
+                length.progress = self.progress if trainer.world_size == 1 else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()

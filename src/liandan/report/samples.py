@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from liandan.config import Config
-from liandan.data.datamodule import split_samples
+from liandan.data.datamodule import fold_of, split_samples
 from liandan.data.datasets import load_image
 from liandan.data.layouts import ClassSpec, Sample, find_samples
 from liandan.data.scan import CheckedDataset, MaskMapper, check_dataset
@@ -66,7 +66,7 @@ def rebuild_splits(
     checked = check_dataset(
         index, bands=cfg.data.bands, on_error=cfg.data.on_error, lossy_masks=cfg.data.lossy_masks
     )
-    return checked, split_samples(index, cfg.data.val_fraction, cfg.train.seed)
+    return checked, split_samples(index, cfg.data.val_fraction, cfg.train.seed, fold_of(cfg))
 
 
 def pick_split(splits: dict[str, list[Sample]], split: str) -> list[Sample]:
