@@ -401,7 +401,8 @@ class ModelEMA(nn.Module):
     A module, so that the average is part of its owner: ``.to(device)``, ``.half()``
     and channels-last move it with the model, and the owner's ``state_dict`` (hence
     every checkpoint) holds it as ``<name>.module.*`` and ``<name>.num_updates`` (the
-    decay is the config's). It stays in eval mode and its parameters take no gradient.
+    decay is the config's). Its parameters take no gradient; it starts in eval mode and
+    follows its owner's ``train()`` / ``eval()`` (it is only run to evaluate).
 
     Args:
         model: the model being trained.
@@ -420,10 +421,6 @@ class ModelEMA(nn.Module):
             param.requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
         self.train(False)
-
-    def train(self, mode: bool = True) -> ModelEMA:
-        """The average is never trained: it stays in eval mode (its owner's train() too)."""
-        return super().train(False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The averaged model's output."""
