@@ -15,7 +15,8 @@ For each dataset and seed, in one process tree on one machine, interleaved:
 Datasets: ``demo-segment`` and ``demo-classify`` (liandan's embedded demos),
 ``dubai`` (../shared/realdata/dubai-aerial, real satellite tiles with colour masks,
 laid out as a user would: tiles flattened into images/ + masks/, every 5th pair held out
-for validation, classes.yaml with the colours found in the masks). Results are
+for validation, classes.yaml with the colours found in the masks and black, which two
+masks hold on 306 pixels, as the ignore colour, as `liandan scan` suggests). Results are
 appended to benchmarks/RESULTS.md with the machine's load.
 
     python benchmarks/vs_raw_loop.py --budget 5m --seeds 0 1 2
@@ -71,7 +72,10 @@ def make_dubai(root: Path) -> Path:
             shutil.copyfile(path, target)  # byte for byte, palette PNGs included
     names = list(DUBAI_COLORS)
     colors = "\n".join(f"  - [{r}, {g}, {b}]" for r, g, b in DUBAI_COLORS.values())
-    (root / "classes.yaml").write_text(f"names: {json.dumps(names)}\ncolors:\n{colors}\n")
+    # two masks hold 306 black pixels of no class: scan says so, and suggests this
+    (root / "classes.yaml").write_text(
+        f"names: {json.dumps(names)}\ncolors:\n{colors}\nignore_index: [0, 0, 0]\n"
+    )
     return root
 
 

@@ -145,7 +145,7 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
         img = read_image(path)
     except DataError as exc:
         return {**rec, "error": "unreadable", "reason": exc.message}
-    flat = img.reshape(-1, img.shape[2]).astype(np.float64)
+    flat = img.reshape(-1, img.shape[2])
     if path.suffix.lower() in RASTER_EXTS:  # the nodata value, a mask band or alpha
         from liandan.predict_outputs import open_raster
 
@@ -155,20 +155,46 @@ def inspect_image(path: Path, nodata: float | None = None) -> dict[str, Any]:
         nodata = nodata if nodata is not None else tag
     else:
         empty = (flat == nodata).all(1) if nodata is not None else np.zeros(len(flat), bool)
-    data = flat[~empty] if not empty.all() else flat  # statistics of the pixels with data
+    data = flat[~empty] if empty.any() and not empty.all() else flat  # pixels with data
+    if img.dtype == np.uint8:  # from each band's histogram: the same numbers, ~10x faster
+        mean, var, q = _uint8_stats(data)
+    else:
+        data = data.astype(np.float64)
+        mean, var = data.mean(0).tolist(), data.var(0).tolist()
+        q = np.percentile(data, LEVELS, axis=0).T.tolist()  # (bands, levels)
     rec.update(
         h=int(img.shape[0]),
         w=int(img.shape[1]),
         c=int(img.shape[2]),
         dtype=str(img.dtype),
         hash=hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest(),
-        mean=data.mean(0).tolist(),
-        var=data.var(0).tolist(),
-        q=np.percentile(data, LEVELS, axis=0).T.tolist(),  # (bands, levels)
+        mean=mean,
+        var=var,
+        q=q,
         nodata=nodata,
         nodata_pixels=int(empty.sum()),
     )
     return rec
+
+
+def _uint8_stats(pixels: np.ndarray) -> tuple[list[float], list[float], list[list[float]]]:
+    """Per-band mean, variance and ``LEVELS`` percentiles of ``(N, bands)`` uint8 pixels,
+    from 256-bin histograms; percentiles interpolate linearly as ``np.percentile``."""
+    n = len(pixels)
+    values = np.arange(256, dtype=np.float64)
+    means, variances, quantiles = [], [], []
+    for band in range(pixels.shape[1]):
+        counts = np.bincount(pixels[:, band], minlength=256).astype(np.float64)
+        mean = float(counts @ values / n)
+        means.append(mean)
+        variances.append(float(counts @ (values - mean) ** 2 / n))
+        cum = np.cumsum(counts)
+        position = np.asarray(LEVELS, dtype=np.float64) / 100.0 * (n - 1)
+        low = np.floor(position)
+        below = np.searchsorted(cum, low, side="right")  # value at sorted index `low`
+        above = np.searchsorted(cum, np.minimum(low + 1, n - 1), side="right")
+        quantiles.append((below + (position - low) * (above - below)).tolist())
+    return means, variances, quantiles
 
 
 STREAM_PIXELS = 4096 * 4096  # larger rasters are scanned by row bands, never whole
@@ -309,6 +335,14 @@ def _drop_label_nodata(rec: dict[str, Any], nodata: float | None) -> None:
 
 def _value_counts(mask: np.ndarray) -> dict[str, int]:
     """Count of each raw value (``"v"``) or colour (``"r,g,b"``) of a mask array."""
+    if mask.ndim == 3 and mask.dtype == np.uint8:  # colours packed into one integer each:
+        rgb = mask[..., :3].astype(np.int32)  # a 1-D unique is ~50x faster than axis=0
+        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        values, counts = np.unique(codes, return_counts=True)
+        return {
+            f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(n)
+            for v, n in zip(values.tolist(), counts, strict=True)
+        }
     if mask.ndim == 3:
         values, counts = np.unique(mask.reshape(-1, 3), axis=0, return_counts=True)
         return {
