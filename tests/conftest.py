@@ -179,3 +179,14 @@ def imagefolder(tmp_path: Path) -> Path:
 @pytest.fixture
 def pairs(tmp_path: Path) -> Path:
     return make_pairs(tmp_path / "seg")
+
+
+def learned(metrics: dict, *, accuracy: float = 0.9, kappa: float = 0.6) -> bool:
+    """Whether a run's metrics show it learned: accuracy and Cohen's kappa (agreement
+    beyond chance: 0 for a constant or random predictor) both clear their bar.
+
+    The fixtures above are learnable in seconds; the same run on shuffled labels stays
+    near kappa 0 and fails (tests/test_promises.py shows it).
+    """
+    overall = metrics["overall"]
+    return overall["accuracy"] >= accuracy and (overall["kappa"] or 0.0) >= kappa

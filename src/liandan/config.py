@@ -95,6 +95,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(1.0e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd / rmsprop
     nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw: decay of the moment averages
     ema: float | None = Field(None, gt=0.0, lt=1.0)  # decay of a weight moving average
     encoder_lr_mult: float = Field(1.0, gt=0.0)  # lr of pretrained encoder = lr * this
 
@@ -103,6 +104,13 @@ class OptimConfig(Section):
     def _positive_lr(cls, value: float | str) -> float | str:
         if not isinstance(value, str) and value <= 0:
             raise ValueError("the learning rate must be > 0 (or auto)")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError("each beta must be in [0, 1)")
         return value
 
 

@@ -102,8 +102,8 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     # Adadelta's usual lr is 1.0 (Zeiler 2012): it scales an already adaptive step.
     "adadelta": lambda g, c: torch.optim.Adadelta(g),
     "rmsprop": lambda g, c: torch.optim.RMSprop(g, momentum=c.momentum),
-    "adam": lambda g, c: torch.optim.Adam(g),  # weight decay as L2 in the gradient
-    "adamw": lambda g, c: torch.optim.AdamW(g),  # decoupled weight decay
+    "adam": lambda g, c: torch.optim.Adam(g, betas=c.betas),  # weight decay as L2 in the gradient
+    "adamw": lambda g, c: torch.optim.AdamW(g, betas=c.betas),  # decoupled weight decay
 }
 
 
@@ -120,7 +120,7 @@ def build_optimizer(
     Args:
         model: the network.
         cfg: the ``optim`` config section (lr, weight_decay, momentum, nesterov,
-            encoder_lr_mult).
+            betas, encoder_lr_mult).
         encoder_params: parameters of a pretrained encoder, trained at
             ``lr * cfg.encoder_lr_mult``.
 
