@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import optuna
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from conftest import FAST_CLS, make_imagefolder
 from liandan.cli import main
 from liandan.errors import ConfigError
-from liandan.tune import load_space, mask_url
+from liandan.tune import heartbeat_seconds, load_space, mask_url, storage_url, tune
 
 # steps_per_epoch=2, 2 epochs, lenet at 32 px, judged on validation loss
 TINY = [*FAST_CLS, "train.epochs=2", "train.steps_per_epoch=2", "train.monitor=val/loss"]
@@ -21,6 +22,34 @@ def test_mask_url_hides_password():
     url = "postgresql://alice:s3cr%21t@db.example.org:5432/studies"
     assert mask_url(url) == "postgresql://alice:***@db.example.org:5432/studies"
     assert mask_url("sqlite:///runs/tune-x/study.db") == "sqlite:///runs/tune-x/study.db"
+
+
+def test_heartbeat_from_the_argument_or_the_environment(monkeypatch):
+    monkeypatch.delenv("LIANDAN_HEARTBEAT", raising=False)
+    assert heartbeat_seconds() == 60
+    assert heartbeat_seconds(5) == 5
+    monkeypatch.setenv("LIANDAN_HEARTBEAT", "2")
+    assert heartbeat_seconds() == 2
+    for bad in ("0", "soon"):
+        monkeypatch.setenv("LIANDAN_HEARTBEAT", bad)
+        with pytest.raises(ConfigError, match="LIANDAN_HEARTBEAT"):
+            heartbeat_seconds()
+
+
+def test_postgresql_url_gets_the_installed_driver():
+    # SQLAlchemy 2.0 reads a bare postgresql:// as psycopg2, 2.1 as psycopg
+    assert storage_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert storage_url("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert storage_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_storage_without_its_driver_names_the_extra(tmp_path):
+    root = make_imagefolder(tmp_path / "cls", n_per_class=4)
+    url = "mysql://bob:hunter2@127.0.0.1/studies"  # its driver, mysqlclient, is not installed
+    with pytest.raises(ConfigError) as info:
+        tune(root, trials=1, overrides=TINY, storage=url, out=tmp_path / "runs")
+    assert "bob:***@" in str(info.value) and "hunter2" not in str(info.value)
+    assert "liandan[postgres]" in (info.value.hint or "")
 
 
 def test_space_yaml_is_checked(tmp_path):
@@ -52,6 +81,7 @@ def test_tune_runs_continues_and_prunes(tmp_path, capsys):
     with (folder / "trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["trial"]) for r in rows] == list(range(6))
+    assert all(r["worker"].endswith(f":{os.getpid()}") for r in rows)  # host:pid
     assert sorted(p.name for p in folder.glob("trial-*")) == [f"trial-{i}" for i in range(6)]
     pruned = [r for r in rows if r["state"] == "pruned"]
     assert pruned and all(int(r["epochs_reported"]) < 2 for r in pruned)

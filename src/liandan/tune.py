@@ -12,16 +12,25 @@ metric falls behind. The study lives in ``runs/tune-<name>/study.db`` (SQLite) u
 ``--storage`` (or ``$LIANDAN_STORAGE``) names another database, e.g. PostgreSQL shared
 by many workers; its credentials are never printed. Running the command again with the
 same name continues the study. Results: ``best.yaml``, ``trials.csv`` and plots.
+
+Many workers may start on one new database at the same moment: creating its tables and
+the study is retried until one of them has done it. Each running trial beats a heartbeat
+(every ``$LIANDAN_HEARTBEAT`` seconds, default 60); a trial whose worker died without a
+beat for twice that is marked failed by the next worker that starts a trial.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import logging
 import math
 import os
+import random
 import re
+import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +56,10 @@ SEGMENT_SPACE = {"loss.name": ["ce+dice", "ce", "focal+dice"]}
 CLASSIFY_SPACE = {"loss.name": ["ce", "focal"], "loss.label_smoothing": [0.0, 0.1]}
 
 
+HEARTBEAT_S = 60  # Optuna's own example: a beat a minute, failed after two minutes' silence
+OPEN_ATTEMPTS = 8  # tries at creating the tables and the study against other workers
+
+
 @dataclass
 class TuneResult:
     """Where the study is, its best trial and config."""
@@ -62,6 +75,97 @@ class TuneResult:
 def mask_url(url: str) -> str:
     """A storage URL with its password hidden: ``postgresql://user:***@host/db``."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def storage_url(url: str) -> str:
+    """A driver-less ``postgresql://`` URL with the psycopg (3) driver when it is installed.
+
+    SQLAlchemy 2.0 reads ``postgresql://`` as psycopg2, 2.1 as psycopg: the ``postgres``
+    extra installs psycopg, and this makes either SQLAlchemy use it.
+    """
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def heartbeat_seconds(heartbeat: int | None = None) -> int:
+    """The heartbeat interval: the argument, else ``$LIANDAN_HEARTBEAT``, else 60 s."""
+    value = heartbeat if heartbeat is not None else os.environ.get("LIANDAN_HEARTBEAT")
+    try:
+        seconds = int(value) if value is not None else HEARTBEAT_S
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ConfigError(
+            f"heartbeat {value!r} is not a whole number of seconds >= 1",
+            where="heartbeat" if heartbeat is not None else "LIANDAN_HEARTBEAT",
+            hint="e.g. LIANDAN_HEARTBEAT=60",
+        )
+    return seconds
+
+
+def open_study(
+    url: str,
+    name: str,
+    *,
+    direction: Literal["minimize", "maximize"],
+    sampler: Any = None,
+    pruner: Any = None,
+    heartbeat: int = HEARTBEAT_S,
+) -> Any:
+    """Create the study, or load it when it exists, in an Optuna RDB storage.
+
+    Workers started together on a new database race to create its tables and the
+    study: the loser's CREATE fails (PostgreSQL: IntegrityError on ``pg_type``, or
+    "relation already exists"). That is retried, and the next try finds what the winner
+    made. The storage beats a heartbeat every ``heartbeat`` seconds while a trial runs;
+    a trial silent for twice that is failed by ``study.optimize`` at its next trial.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    storage_url(url),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                )
+            return optuna.create_study(
+                study_name=name,
+                storage=storage,
+                load_if_exists=True,
+                direction=direction,
+                sampler=sampler,
+                pruner=pruner,
+            )
+        except (
+            sqlalchemy.exc.IntegrityError,
+            sqlalchemy.exc.ProgrammingError,
+            optuna.exceptions.StorageInternalError,
+        ) as exc:
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
+            log.debug("storage busy (%s): trying again", type(exc).__name__)
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))  # jitter: workers part
+    raise AssertionError("unreachable")
+
+
+def _storage_error(url: str, exc: Exception) -> ConfigError:
+    """A one-line, password-free message for a storage that cannot be opened."""
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, ImportError):
+        hint = "its database driver is not installed; for PostgreSQL: pip install 'liandan[postgres]'"
+    else:
+        hint = "check the URL, the credentials and that the server is reachable"
+    message = mask_url(f"cannot open the study storage {url} ({detail})")
+    return ConfigError(message, where="--storage", hint=hint)
 
 
 def load_space(path: str | Path | None, task: str) -> dict[str, Any]:
@@ -148,6 +252,7 @@ def tune(
     out: str | Path = "runs",
     pruner: str = "median",
     seed: int = 0,
+    heartbeat: int | None = None,
 ) -> TuneResult:
     """Search hyper-parameters with Optuna; each trial is a run in ``out/tune-<name>/``.
 
@@ -161,7 +266,10 @@ def tune(
         name: the study name; an existing study of that name is continued.
         out: parent folder of the tuning folder.
         pruner: ``median`` or ``hyperband``.
-        seed: seed of the TPE sampler.
+        seed: seed of the TPE sampler (with the folder's own SQLite study; workers
+            sharing a ``storage`` draw with seeds of their own, or all would draw alike).
+        heartbeat: seconds between a running trial's heartbeats (default
+            ``$LIANDAN_HEARTBEAT`` or 60); a trial silent for twice that is failed.
 
     >>> liandan.tune("data/", trials=20, budget="5m").best_params  # doctest: +SKIP
     {'optim.lr': 0.0021, 'optim.name': 'adamw', ...}
@@ -179,7 +287,9 @@ def tune(
         base.train.budget = budget
     probe = build_data(base)  # fails on bad data before a study is made; fills task
     folder = make_dir(Path(out) / f"tune-{check_run_name(name)}")
-    url = storage or os.environ.get("LIANDAN_STORAGE") or f"sqlite:///{folder / 'study.db'}"
+    shared = storage or os.environ.get("LIANDAN_STORAGE")
+    url = shared or f"sqlite:///{folder / 'study.db'}"
+    beat = heartbeat_seconds(heartbeat)
     search = space if isinstance(space, dict) else load_space(space, str(probe.index.task))
     monitor = base.resolved_monitor()
     direction: Literal["minimize", "maximize"] = (
@@ -194,18 +304,16 @@ def tune(
         if pruner == "median"
         else optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.train.epochs)
     )
+    # constant liar: a worker treats the others' running trials as bad, so it does not
+    # sample next to them
+    sampler = optuna.samplers.TPESampler(seed=None if shared else seed, constant_liar=True)
     try:
-        study = optuna.create_study(
-            study_name=name,
-            storage=url,
-            load_if_exists=True,
-            direction=direction,
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=chosen,
+        study = open_study(
+            url, name, direction=direction, sampler=sampler, pruner=chosen, heartbeat=beat
         )
     except Exception as exc:
-        message = mask_url(f"cannot open the study storage {url} ({type(exc).__name__})")
-        raise ConfigError(message, where="--storage", hint="check the URL and the server") from None
+        raise _storage_error(url, exc) from None
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     log.info("study %r in %s: %d trial(s) so far", name, mask_url(url), len(study.trials))
 
     def objective(trial: optuna.Trial) -> float:
@@ -213,6 +321,7 @@ def tune(
         cfg = _with_params(base, params)
         run_dir = create_run_dir(folder, f"trial-{trial.number}")
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", worker)
         cfg.save(run_dir / "config.yaml")
         try:
             bundle = build_data(cfg)
@@ -235,14 +344,18 @@ def tune(
 def _write_results(study: Any, base: Config, folder: Path, name: str) -> TuneResult:
     import optuna
 
+    with warnings.catch_warnings():  # marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trials, once silent long
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     buffer = io.StringIO()
     keys = sorted({k for t in study.trials for k in t.params})
     writer = csv.writer(buffer)
-    writer.writerow(["trial", "state", "value", "epochs_reported", *keys, "run_dir"])
+    writer.writerow(["trial", "state", "value", "epochs_reported", *keys, "worker", "run_dir"])
     for t in study.trials:
         row = [t.number, t.state.name.lower(), t.value, len(t.intermediate_values)]
-        writer.writerow(row + [t.params.get(k) for k in keys] + [t.user_attrs.get("run_dir")])
+        row += [t.params.get(k) for k in keys]
+        writer.writerow([*row, t.user_attrs.get("worker"), t.user_attrs.get("run_dir")])
     atomic_write_text(folder / "trials.csv", buffer.getvalue())
     if not done:
         return TuneResult(folder, name, None, {}, None, len(study.trials))
