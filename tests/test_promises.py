@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FAST_CLS, learned, make_imagefolder
+from conftest import FAST_CLS, FAST_SEG, learned, make_imagefolder, make_pairs
 from liandan import api
 from liandan.config import Config, OptimConfig
 from liandan.engine import task as task_module
@@ -309,3 +309,16 @@ def test_shuffled_labels_do_not_pass_the_quality_bar(fresh_cls: Path, tmp_path: 
     metrics = evaluate(run, fresh_cls, split="all", write=False)
     assert not learned(metrics), metrics["overall"]
     assert (metrics["overall"]["kappa"] or 0.0) < 0.4
+
+
+@pytest.mark.slow
+def test_a_trained_segmenter_beats_chance_on_new_images(tmp_path: Path) -> None:
+    """Background is about 72% of the pixels: a constant or shuffled model gets that
+    accuracy with kappa near 0 and a mean IoU near 0.24; this one finds the squares."""
+    data = make_pairs(tmp_path / "seg", n=8)
+    fresh = make_pairs(tmp_path / "seg-fresh", n=8, seed=99)
+    overrides = [*FAST_SEG, "train.epochs=4", "train.steps_per_epoch=8", "optim.lr=0.01"]
+    run = api.train(data, overrides=overrides, out=tmp_path, name="q").run_dir
+    metrics = evaluate(run, fresh, split="all", write=False)
+    assert learned(metrics, accuracy=0.85, kappa=0.5), metrics["overall"]
+    assert metrics["overall"]["mean_iou"] >= 0.5
