@@ -151,6 +151,7 @@ def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch
     monkeypatch.setattr(budget_module, "time_probe", probe)
     root = make_imagefolder(tmp_path / "cls", n_per_class=6)
     overrides = [*FAST_CLS, "train.epochs=1", "optim.lr=auto", f"train.budget={budget}"]
+    overrides += ["loss.class_weights=auto"]  # the checkpoint probe builds the model alone
     result = train(root, overrides=overrides, out=tmp_path / "runs")
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert len(probes) == 1  # one timing serves the lr cap and the epoch fit
@@ -165,5 +166,3 @@ def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch
             saved["optim"]["lr"]
             == json.loads((result.run_dir / "lr_find.json").read_text())["suggestion"]
         )
-
-

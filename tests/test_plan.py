@@ -75,6 +75,15 @@ def test_imbalanced_masks_weight_rare_classes():
     # images much larger than the crop: zoom around the native scale (segmentation)
     assert cfg.augment.scale == (0.5, 2.0) and "native" in p.reasons["augment.scale"]
     assert cfg.train.steps_per_epoch == "auto"  # sized by measured costs
+    assert cfg.predict.tile == 1216  # 900 x 1200 images: predicted whole (max side, /32)
+    small = {**fp.__dict__, "image_size": {"min": [600, 700], "median": [650, 739],
+                                           "max": [846, 1099]}}  # fmt: skip
+    planned = plan_from_fingerprint(fp.__class__(**small), "data", device="cpu")
+    assert planned.config.predict.tile == 1120  # 846 x 1099 at most: predicted whole (max side)
+    big = {**fp.__dict__, "image_size": {"min": [2000, 2000], "median": [2000, 2000],
+                                         "max": [2000, 2000]}}  # fmt: skip
+    planned = plan_from_fingerprint(fp.__class__(**big), "data", device="cpu")
+    assert planned.config.predict.tile == 512  # too large to predict whole on a CPU: tiles
     assert cfg.augment.rotate90 == 0.0  # upright photos
     assert cfg.train.budget == "10m" and cfg.train.epochs >= 100
     balanced = plan_from_fingerprint(

@@ -270,13 +270,19 @@ def fit_budget(
 
 
 def _probe_checkpoint(cfg: Config, bundle: Any, run_dir: Path) -> float:
-    from liandan.engine.task import LiandanTask
+    from liandan.models import build_model
 
-    task = LiandanTask(cfg, bundle.classes.names, bundle.in_channels)
-    optimizer = torch.optim.AdamW(task.model.parameters())
-    for p in task.model.parameters():  # AdamW's moments exist after the first step
+    model = build_model(
+        cfg.model,
+        task=str(cfg.task),
+        num_classes=bundle.classes.num_classes,
+        in_channels=bundle.in_channels,
+        image_size=cfg.data.image_size,
+    )
+    optimizer = torch.optim.AdamW(model.parameters())
+    for p in model.parameters():  # AdamW's moments exist after the first step
         optimizer.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-    return _time_checkpoint(task.model, optimizer, run_dir / "checkpoints")
+    return _time_checkpoint(model, optimizer, run_dir / "checkpoints")
 
 
 def fit_epoch_length(cfg: Config, bundle: Any, probe: dict[str, float]) -> dict[str, Any]:
