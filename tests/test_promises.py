@@ -191,6 +191,65 @@ def test_every_schedule_in_a_trainer_run_follows_its_formula(name: str) -> None:
     assert len(distinct) >= (1 if name == "constant" else 3)  # the schedule did change it
 
 
+class ScriptedMonitor(LiandanTask):
+    """Validation reports ``values[epoch]`` for the monitored metric, nothing else."""
+
+    def __init__(self, cfg: Config, values: list[float]) -> None:
+        super().__init__(cfg, ["a", "b"], 3)
+        self.values = values
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        return None
+
+    def on_validation_epoch_end(self) -> None:
+        self.log(self.cfg.resolved_monitor(), self.values[self.current_epoch])
+
+
+@pytest.mark.parametrize(
+    ("monitor", "values", "cut_from"),
+    [
+        # macro F1 goes up, then stays: 2 epochs without improvement > patience 1
+        ("val/macro_f1", [0.5, 0.6, 0.6, 0.6, 0.6], 4),
+        # a loss going down improves every epoch: never cut (was cut as if it were F1)
+        ("val/loss", [1.0, 0.9, 0.8, 0.7, 0.6], None),
+        ("val/loss", [1.0, 0.9, 0.9, 0.9, 0.9], 4),
+    ],
+)
+def test_plateau_in_a_trainer_run_cuts_when_the_monitor_stalls(
+    monitor: str, values: list[float], cut_from: int | None
+) -> None:
+    cfg = Config.load(
+        None,
+        [
+            *FAST_CLS,
+            "task=classify",
+            "optim.lr=0.2",
+            "train.epochs=5",
+            f"train.monitor={monitor}",
+            "schedule.name=plateau",
+            "schedule.patience=1",
+            "schedule.gamma=0.5",
+        ],
+    )
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.arange(8) % 2)
+    probe = LrProbe()
+    trainer = L.Trainer(
+        max_epochs=5,
+        accelerator="cpu",
+        callbacks=[probe],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    loader = DataLoader(data, batch_size=4)  # 2 steps per epoch
+    trainer.fit(ScriptedMonitor(cfg, values), loader, loader)
+    per_epoch = [probe.lrs[2 * e][0] for e in range(5)]
+    expected = [0.2 if cut_from is None or e < cut_from else 0.1 for e in range(5)]
+    assert per_epoch == pytest.approx(expected)
+
+
 # ------------------------------------------------------------------ scripted validation
 def script_monitor(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
     """The task's validation reports ``values[k]`` as macro F1 at its k-th epoch."""

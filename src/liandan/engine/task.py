@@ -184,12 +184,18 @@ class LiandanTask(L.LightningModule):
             self.model, self.cfg.optim, encoder_params=encoder_parameters(self.model)
         )
         steps = max(1, int(self.trainer.estimated_stepping_batches // self.cfg.train.epochs))
+        monitor = self.cfg.resolved_monitor()
         scheduler, interval = build_scheduler(
-            optimizer, self.cfg.schedule, epochs=self.cfg.train.epochs, steps_per_epoch=steps
+            optimizer,
+            self.cfg.schedule,
+            epochs=self.cfg.train.epochs,
+            steps_per_epoch=steps,
+            # plateau: a loss improves going down (as best.ckpt and early stopping read it)
+            mode="min" if monitor.endswith("loss") else "max",
         )
         sched: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
         if self.cfg.schedule.name == "plateau":
-            sched["monitor"] = self.cfg.resolved_monitor()
+            sched["monitor"] = monitor
         return {"optimizer": optimizer, "lr_scheduler": sched}
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
