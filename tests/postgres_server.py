@@ -71,7 +71,13 @@ def postgres_server() -> Iterator[Server]:
     root = Path(tempfile.mkdtemp(prefix="liandan-pg-"))
     run_as: dict[str, int] = {}
     if os.geteuid() == 0:  # postgres will not run as root
-        account = pwd.getpwnam("postgres")
+        try:
+            account = pwd.getpwnam("postgres")  # made by Debian's postgresql-common
+        except KeyError:
+            raise RuntimeError(
+                "PostgreSQL will not run as root and there is no `postgres` user: "
+                "run the tests as another user, or `apt-get install -y postgresql`"
+            ) from None
         run_as = {"user": account.pw_uid, "group": account.pw_gid}
         os.chown(root, account.pw_uid, account.pw_gid)
     pwfile = root / "pw"
@@ -82,7 +88,8 @@ def postgres_server() -> Iterator[Server]:
     env = {**os.environ, "LC_ALL": "C"}
 
     def call(*cmd: str) -> None:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, **run_as)  # type: ignore[call-overload]
+        # cwd: a folder the server's user may enter (the checkout may be closed to it)
+        proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, **run_as)  # type: ignore[call-overload]
         if proc.returncode != 0:
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}{tail}")

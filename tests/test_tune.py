@@ -52,6 +52,24 @@ def test_storage_without_its_driver_names_the_extra(tmp_path):
     assert "liandan[postgres]" in (info.value.hint or "")
 
 
+def test_a_live_trial_failed_by_another_worker_is_not_the_end(tmp_path, monkeypatch, caplog):
+    """Another worker took this one's trial for dead (its heartbeat came late) and failed
+    it: Optuna refuses the trial's result; the worker says so and goes on."""
+    import liandan.api
+
+    def failed_meanwhile(cfg, bundle, run_dir, callbacks):
+        trial = callbacks[0].trial  # the PruningCallback's
+        trial.storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+    monkeypatch.setattr(liandan.api, "train_into", failed_meanwhile)
+    root = make_imagefolder(tmp_path / "cls", n_per_class=4)
+    result = tune(root, trials=2, overrides=TINY, name="t", out=tmp_path / "runs")
+    assert result.n_trials == 2 and result.best_config is None
+    assert caplog.text.count("was marked failed by another worker") == 2
+    with (result.folder / "trials.csv").open() as fh:
+        assert [r["state"] for r in csv.DictReader(fh)] == ["fail", "fail"]
+
+
 def test_space_yaml_is_checked(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("optim.lr: {low: 1.0e-4, high: 1.0e-1, log: true}\noptim.name: [adamw, sgd]\n")

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -27,7 +26,7 @@ from liandan.tune import open_study, storage_url, tune
 from postgres_server import PASSWORD, postgres_server
 from test_tune import TINY
 
-LIANDAN = str(Path(sys.executable).with_name("liandan"))
+LIANDAN = [sys.executable, "-m", "liandan.cli"]  # the `liandan` command, wherever it is
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +85,11 @@ def test_two_workers_share_a_study_and_a_killed_trial_fails(pg, tmp_path):
     space.write_text("optim.lr: [1.0e-3, 3.0e-3, 1.0e-2]\noptim.weight_decay: [0.0, 1.0e-4]\n")
     url = pg.create_database("shared")
     out = tmp_path / "runs"
-    cmd = [LIANDAN, "tune", str(root), "--space", str(space), "--storage", url,
+    cmd = [*LIANDAN, "tune", str(root), "--space", str(space), "--storage", url,
            "--name", "shared", "--out", str(out), *TINY]  # fmt: skip
-    env = {**os.environ, "LIANDAN_HEARTBEAT": "1"}  # failed after 2 s without a beat
+    # failed after 4 s without a beat (1 s: a live trial on a machine with a load of 10
+    # was taken for dead)
+    env = {**os.environ, "LIANDAN_HEARTBEAT": "2"}
     env.pop("LIANDAN_STORAGE", None)
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
     # started at the same moment on a database with no tables yet; b outlives a's
@@ -112,6 +113,12 @@ def test_two_workers_share_a_study_and_a_killed_trial_fails(pg, tmp_path):
         if running and len(mine) >= 2:
             a.send_signal(signal.SIGKILL)
             killed = running[0].number
+            # b stands still past the grace period, as if in a long trial, so that the
+            # next trial it starts (or its end) finds a's trial silent for too long
+            # whatever the pace of b's remaining trials
+            b.send_signal(signal.SIGSTOP)
+            time.sleep(5)
+            b.send_signal(signal.SIGCONT)
     out_a = a.communicate(timeout=60)[0]
     out_b = b.communicate(timeout=240)[0]
     assert killed is not None, f"worker a never reached its second trial:\n{out_a}"

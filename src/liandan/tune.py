@@ -161,7 +161,9 @@ def _storage_error(url: str, exc: Exception) -> ConfigError:
     first = (str(cause).strip().splitlines() or [""])[0]
     detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     if isinstance(exc, ImportError):
-        hint = "its database driver is not installed; for PostgreSQL: pip install 'liandan[postgres]'"
+        hint = (
+            "its database driver is not installed; for PostgreSQL: pip install 'liandan[postgres]'"
+        )
     else:
         hint = "check the URL, the credentials and that the server is reachable"
     message = mask_url(f"cannot open the study storage {url} ({detail})")
@@ -315,8 +317,10 @@ def tune(
         raise _storage_error(url, exc) from None
     worker = f"{socket.gethostname()}:{os.getpid()}"
     log.info("study %r in %s: %d trial(s) so far", name, mask_url(url), len(study.trials))
+    running: list[int] = []  # the number of the trial this worker runs
 
     def objective(trial: optuna.Trial) -> float:
+        running[:] = [trial.number]
         params = suggest(trial, search)
         cfg = _with_params(base, params)
         run_dir = create_run_dir(folder, f"trial-{trial.number}")
@@ -336,9 +340,34 @@ def tune(
             raise optuna.TrialPruned(f"{monitor} was never defined in this trial")
         return min(finite) if direction == "minimize" else max(finite)
 
-    # a trial whose combination the config rejects fails alone; the study goes on
-    study.optimize(objective, n_trials=trials, catch=(LiandanError,))
+    for _ in range(trials):
+        try:
+            # a trial whose combination the config rejects fails alone; the study goes on
+            study.optimize(objective, n_trials=1, catch=(LiandanError,))
+        except ValueError as exc:  # "Cannot tell a FAIL trial."
+            if not (running and _failed_elsewhere(study, running[0], exc)):
+                raise
+            log.warning(
+                "trial %d was marked failed by another worker: its heartbeat came more "
+                "than %d s late (a busy machine? raise LIANDAN_HEARTBEAT); going on",
+                running[0],
+                2 * beat,
+            )
     return _write_results(study, base, folder, name)
+
+
+def _failed_elsewhere(study: Any, number: int, exc: Exception) -> bool:
+    """Whether another worker failed this worker's live trial as stale (a late heartbeat).
+
+    Optuna then refuses the trial's result (or its next report) and ``optimize`` raises
+    "Cannot tell a FAIL trial."; the work is lost, the worker goes on with the next trial.
+    """
+    import optuna
+
+    if not str(exc).startswith("Cannot tell a"):
+        return False
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return any(t.number == number for t in failed)
 
 
 def _write_results(study: Any, base: Config, folder: Path, name: str) -> TuneResult:
