@@ -156,23 +156,11 @@ def compare(
     plot: Annotated[Path | None, typer.Option(help="also draw them into this new PNG")] = None,
 ) -> None:
     """Print (and plot) finished runs' metrics side by side."""
-    from rich.table import Table
-
+    from liandan.cli_output import compare_table
     from liandan.compare import compare as run_compare
 
     result = run_compare(list(runs), split=split, plot=plot)
-    table = Table(title=f"{split} metrics")
-    table.add_column("run")
-    for key in result["metrics"]:
-        table.add_column(key.replace("_", " "), justify="right")
-    for run, row in result["runs"].items():
-        spread = result["spread"].get(run, {})
-        cells = [
-            "–" if v is None else f"{v:.4f}" + (f" ± {spread[k]:.4f}" if spread.get(k) else "")
-            for k, v in row.items()
-        ]
-        table.add_row(q(run), *cells)
-    console.print(table)
+    console.print(compare_table(result, split))
     if plot is not None:
         console.print(f"plot: {q(plot)}")
 

@@ -80,6 +80,24 @@ def show_metrics(console: Console, metrics: dict[str, Any], title: str) -> None:
     console.print(title)
 
 
+def compare_table(result: dict[str, Any], split: str) -> Any:
+    """``liandan compare``'s table: one row per run, mean ± spread across folds."""
+    from rich.table import Table
+
+    table = Table(title=f"{split} metrics")
+    table.add_column("run")
+    for key in result["metrics"]:
+        table.add_column(key.replace("_", " "), justify="right")
+    for run, row in result["runs"].items():
+        spread = result["spread"].get(run, {})
+        cells = [
+            "–" if v is None else f"{v:.4f}" + (f" ± {spread[k]:.4f}" if spread.get(k) else "")
+            for k, v in row.items()
+        ]
+        table.add_row(q(run), *cells)
+    return table
+
+
 def print_scan_report(report: ScanReport, console: Console) -> None:
     """The problems (one per line when piped, else a table), then the fingerprint."""
     from rich.table import Table
