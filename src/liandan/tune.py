@@ -341,6 +341,7 @@ def tune(
         return min(finite) if direction == "minimize" else max(finite)
 
     for _ in range(trials):
+        running.clear()
         try:
             # a trial whose combination the config rejects fails alone; the study goes on
             study.optimize(objective, n_trials=1, catch=(LiandanError,))
