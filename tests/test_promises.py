@@ -23,12 +23,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST_CLS, FAST_SEG, learned, make_imagefolder, make_pairs
 from liandan import api
-from liandan.config import Config, OptimConfig
+from liandan.config import Config, OptimConfig, ScheduleConfig
 from liandan.engine import task as task_module
 from liandan.engine.checkpoint import load_checkpoint_file
 from liandan.engine.task import LiandanTask
 from liandan.evaluation import evaluate
-from liandan.optim import build_optimizer, list_optimizers, list_schedules, lr_at
+from liandan.optim import (
+    build_optimizer,
+    build_scheduler,
+    list_optimizers,
+    list_schedules,
+    lr_at,
+)
 
 
 class Net(nn.Module):
@@ -189,6 +195,30 @@ def test_every_schedule_in_a_trainer_run_follows_its_formula(name: str) -> None:
         assert lrs == pytest.approx([expected] * len(lrs), rel=1e-9, abs=1e-12), (step, lrs)
     distinct = {round(lrs[0], 12) for lrs in probe.lrs}
     assert len(distinct) >= (1 if name == "constant" else 3)  # the schedule did change it
+
+
+@pytest.mark.parametrize(
+    ("cfg", "read"),
+    [
+        (OptimConfig(name="sgd", lr=0.1, momentum=0.7), lambda g: g["momentum"]),
+        (OptimConfig(name="rmsprop", lr=0.1, momentum=0.5), lambda g: g["momentum"]),
+        (OptimConfig(name="adamw", lr=0.1, betas=(0.8, 0.99)), lambda g: g["betas"][0]),
+    ],
+)
+def test_onecycle_cycles_the_configured_momentum(cfg: OptimConfig, read: Any) -> None:
+    """onecycle lowers the momentum while the lr rises; it starts and ends at the
+    configured one (was: torch's 0.95, whatever optim.momentum or optim.betas said)."""
+    opt = build_optimizer(Net(), cfg)
+    sched, _ = build_scheduler(opt, ScheduleConfig(name="onecycle"), epochs=4, steps_per_epoch=5)
+    momenta = []
+    for _ in range(20):
+        momenta.append(read(opt.param_groups[0]))
+        opt.step()
+        sched.step()
+    top = momenta[0]
+    assert top == pytest.approx(cfg.betas[0] if cfg.name == "adamw" else cfg.momentum)
+    assert min(momenta) == pytest.approx(top * 0.85 / 0.95)
+    assert momenta[-1] == pytest.approx(top, rel=0.01)
 
 
 class ScriptedMonitor(LiandanTask):

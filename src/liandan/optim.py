@@ -31,6 +31,7 @@ from liandan.errors import ConfigError
 
 ONECYCLE_PCT_START = 0.25  # share of steps rising to the max lr (fastai's fit_one_cycle)
 ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # torch OneCycleLR defaults
+ONECYCLE_MAX_MOMENTUM, ONECYCLE_MOMENTUM_DIP = 0.95, 0.85 / 0.95  # torch's 0.95 -> 0.85
 
 
 # ----------------------------------------------------------------- parameter groups
@@ -286,7 +287,8 @@ def build_scheduler(
     Step-based schedules are one ``LambdaLR`` (one identical lambda per param group,
     so each group's own lr, e.g. a lower encoder lr, is scaled alike) following
     :func:`lr_at`. ``onecycle`` is torch's ``OneCycleLR`` (max lr = each group's lr,
-    ``pct_start`` 0.25, momentum cycled when the optimizer has one); it has its own
+    ``pct_start`` 0.25; the momentum, or Adam's first beta, cycled from the configured
+    value down to 0.85/0.95 of it and back, when the optimizer has one); it has its own
     warmup, so ``warmup_epochs`` is ignored. ``plateau`` is ``ReduceLROnPlateau`` on
     the monitored metric (factor ``gamma``, ``patience`` epochs, floor
     ``lr * min_lr_ratio``), stepped per epoch with the metric, and has no warmup.
@@ -320,8 +322,10 @@ def build_scheduler(
                 where="schedule.name",
                 hint="train longer or use schedule.name: cosine",
             )
+        # the momentum (Adam's first beta) falls while the lr rises and comes back, from
+        # the configured value down to 0.85/0.95 of it (torch's and fastai's 0.95 -> 0.85)
         defaults = optimizer.defaults
-        cycle_momentum = "betas" in defaults or defaults.get("momentum", 0) > 0
+        top = float(defaults["betas"][0] if "betas" in defaults else defaults.get("momentum", 0))
         onecycle = OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
@@ -329,7 +333,9 @@ def build_scheduler(
             pct_start=ONECYCLE_PCT_START,
             div_factor=ONECYCLE_DIV,
             final_div_factor=ONECYCLE_FINAL_DIV,
-            cycle_momentum=cycle_momentum,
+            cycle_momentum=top > 0,
+            max_momentum=top or ONECYCLE_MAX_MOMENTUM,
+            base_momentum=(top or ONECYCLE_MAX_MOMENTUM) * ONECYCLE_MOMENTUM_DIP,
         )
         return onecycle, "step"
     _clock(cfg, 0, epochs, steps_per_epoch)  # validate the run length now
