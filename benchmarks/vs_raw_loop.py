@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-REALDATA = ROOT.parent / "shared" / "realdata"
+REALDATA = Path(os.environ.get("LIANDAN_REALDATA", ROOT.parent / "shared" / "realdata"))
 DUBAI_COLORS = {  # the colours found in the mask files (realdata/README.md)
     "Building": (60, 16, 152),
     "Land": (132, 41, 246),
@@ -151,6 +151,9 @@ def raw_loop(root: Path, budget_s: float, seed: int, arch: str) -> dict:
         )  # fmt: skip
     else:
         model = timm.create_model(arch, pretrained=False, in_chans=bands, num_classes=n)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    amp = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")  # as liandan
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
 
     def sample() -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,8 +180,11 @@ def raw_loop(root: Path, budget_s: float, seed: int, arch: str) -> dict:
         for group in opt.param_groups:  # cosine over the elapsed share of the budget
             group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * elapsed / budget_s))
         xs, ys = zip(*(sample() for _ in range(8)), strict=True)
-        out = model(torch.stack(xs))
-        loss = torch.nn.functional.cross_entropy(out, torch.stack(ys), ignore_index=-1)
+        with amp:
+            out = model(torch.stack(xs).to(device))
+            loss = torch.nn.functional.cross_entropy(
+                out.float(), torch.stack(ys).to(device), ignore_index=-1
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -188,16 +194,18 @@ def raw_loop(root: Path, budget_s: float, seed: int, arch: str) -> dict:
     confusion = np.zeros((n, n), np.int64)
     with torch.no_grad():
         for im, t in zip(val_images, val_targets, strict=True):
-            x = norm(im)[None]
+            x = norm(im)[None].to(device)
             if seg:
                 h, w = t.shape
                 x = torch.nn.functional.pad(x, (0, (-w) % 32, 0, (-h) % 32))
-                pred = model(x)[0, :, :h, :w].argmax(0).numpy()
+                pred = model(x)[0, :, :h, :w].argmax(0).cpu().numpy()
                 keep = t >= 0
                 np.add.at(confusion, (t[keep], pred[keep]), 1)
             else:
                 x = torch.nn.functional.interpolate(x, size=size, mode="bilinear")
-                confusion[t, int(model(x).argmax(1))] += 1
+                confusion[t, int(model(x).argmax(1).item())] += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return {"confusion": confusion, "names": names, "task": task, "steps": steps,
             "train_s": train_s}  # fmt: skip
 
@@ -212,10 +220,9 @@ def score(result: dict) -> float:
 # ----------------------------------------------------------------------------- liandan
 def run_liandan(root: Path, out: Path, budget: str, seed: int) -> dict:
     name = f"s{seed}"
-    liandan = Path(sys.executable).with_name("liandan")
     start = time.perf_counter()
-    cmd = [str(liandan), "train", str(root), "--budget", budget, "--out", str(out),
-           "--name", name, f"train.seed={seed}", "train.progress=false"]  # fmt: skip
+    cmd = [sys.executable, "-m", "liandan.cli", "train", str(root), "--budget", budget,
+           "--out", str(out), "--name", name, f"train.seed={seed}", "train.progress=false"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     run = out / name
@@ -298,7 +305,9 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
     lines = [
         f"## liandan vs a plain PyTorch loop, {args.budget} budget — {when}",
         "",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, no GPU; load average at the start "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "
+        "load average at the start "
         f"{load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, at the end "
         f"{load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f}. torch {torch.__version__}, "
         f"lightning {lightning.__version__}, smp {segmentation_models_pytorch.__version__}. "

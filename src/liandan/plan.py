@@ -376,6 +376,12 @@ def planned_config(
     merged = Config.from_dict(_merge(result.config.to_dict(), user), "plan with your settings")
     for key in [k for k in result.reasons if _written(user, k)]:
         result.reasons[key] = "set by you (the plan's choice was overridden)"
+    counted = _written(user, "train.epochs") and not _written(user, "train.steps_per_epoch")
+    if counted and not merged.train.budget:  # your epochs are passes over the data
+        merged.train.steps_per_epoch = None
+        result.reasons["train.steps_per_epoch"] = (
+            "one pass over the training set per epoch: you set train.epochs, counted in passes"
+        )
     result.config = merged
     return merged, result
 

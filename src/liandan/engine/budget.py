@@ -46,7 +46,8 @@ MIN_EPOCH_STEPS = 4  # no epoch shorter: the history and the doctor need a few s
 MIN_EPOCHS = 5  # a budget too short for this many epochs of the fixed-cost rule gets
 # shorter epochs instead (a few validations for the curves, the doctor and `best`)
 WARMUP_SHARE = 0.05  # warmup at most this share of a budgeted run's steps
-REPORT_S = 5.0  # export, plots and report after training (measured: 2-4 s on 2 CPU cores)
+REPORT_S = 8.0  # export, plots and report after training (measured: 2-4 s on 2 idle CPU
+# cores, 9 s beside an H200 with 16 cores: matplotlib and galleries, whatever the GPU)
 END_MARGIN = 0.98  # plan to end at 98% of the budget: the run ends in its last 5%
 CHECK_EVERY = 8  # steps between wall-clock checks inside an epoch (a DDP reduction each)
 RECENT_CHECKS = 4  # the recent pace (over this many checks) counts when it is slower
