@@ -38,6 +38,37 @@ class FakeClock:
         return self.now
 
 
+def test_slow_first_steps_do_not_end_the_run(monkeypatch, tmp_path) -> None:
+    """One-off costs of the first steps (a GPU's allocation and cuDNN autotuning: 15 s for
+    8 steps) are left out of the pace: the run goes on to its deadline (it stopped after
+    8 steps of a 60 s budget when the pace counted them)."""
+    import liandan.engine.budget as budget_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=0, min_lr_ratio=0.01)
+    scheduler, _ = build_scheduler(optimizer, cfg, epochs=1000, steps_per_epoch=50)
+    trainer = _fake_trainer(scheduler)
+    callback = BudgetCallback(20.0, tmp_path / "budget.json", planned_steps=100)
+    callback.on_train_start(trainer, None)  # type: ignore[arg-type]
+    lrs = []
+    while not trainer.should_stop:
+        clock.now += 15.0 / 8 if trainer.global_step < 8 else 0.05
+        optimizer.step()
+        scheduler.step()
+        trainer.global_step += 1
+        lrs.append(optimizer.param_groups[0]["lr"])
+        callback.on_train_batch_end(trainer)  # type: ignore[arg-type]
+    assert trainer.global_step > 8 + 80  # about 100 steps of 0.05 s fit the 5 s left
+    # halfway through the fast steps the cosine is still near its middle (counting the
+    # slow start in the pace had it decayed to 5% there: a run of 60 steps expected)
+    assert lrs[8 + 42] > 0.3
+    assert callback.elapsed() <= 20.0 + 0.05
+    assert optimizer.param_groups[0]["lr"] <= 0.05
+
+
 def _fake_trainer(scheduler, max_epochs=1000, batches=50):  # type: ignore[no-untyped-def]
     return SimpleNamespace(
         global_step=0,

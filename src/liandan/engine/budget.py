@@ -327,21 +327,26 @@ class BudgetCallback(L.Callback):
         self.planned_steps = planned_steps
         self.done_s = 0.0  # training seconds of earlier sessions (resume)
         self.start = time.perf_counter()
-        self.session_step = 0
         self.val_s = 0.0
         self.epoch_times: list[float] = []
         self.refits: list[list[int]] = []
         self.stopped_by_clock = False
         self._epoch_start = self._val_start = self.start
         self._marks: deque[tuple[float, int]] = deque(maxlen=RECENT_CHECKS + 1)
+        self._first: tuple[float, int] | None = None
 
     def elapsed(self) -> float:
         """Training seconds used, earlier sessions included."""
         return self.done_s + time.perf_counter() - self.start
 
     def progress(self) -> float:
-        """The share used of the time training may take before its last validation."""
-        return self.elapsed() / max(self.train_s - self.val_s, 1e-6)
+        """The share used of the time training may take before its last validation,
+        counted from the first check (the first steps' one-off costs left out)."""
+        if self._first is None:
+            return 0.0
+        since = time.perf_counter() - self._first[0]
+        start = self.done_s + self._first[0] - self.start  # elapsed at the first check
+        return since / max(self.train_s - self.val_s - start, 1e-6)
 
     def _set_length(self, trainer: L.Trainer) -> None:
         for config in trainer.lr_scheduler_configs:
@@ -354,8 +359,8 @@ class BudgetCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
-        self.session_step = trainer.global_step
         self._marks.clear()
+        self._first = None
         self._set_length(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -386,15 +391,20 @@ class BudgetCallback(L.Callback):
 
     def _refit(self, trainer: L.Trainer) -> None:
         """Set the run's length from the pace so far; stop when no step is left."""
-        now = time.perf_counter()
-        steps = trainer.global_step - self.session_step
-        pace = steps / max(now - self.start, 1e-6)  # steps/s, validation included
-        self._marks.append((now, trainer.global_step))
-        then, step_then = self._marks[0]
-        if len(self._marks) > RECENT_CHECKS and now > then:  # slower lately: that pace
-            pace = min(pace, (trainer.global_step - step_then) / (now - then))
+        now, step = time.perf_counter(), trainer.global_step
         left = self.train_s - self.elapsed() - self.val_s
-        total = trainer.global_step + int(max(0.0, left) * pace)
+        self._marks.append((now, step))
+        if self._first is None:  # the pace is measured from here: the first steps' one-off
+            self._first = (now, step)  # costs (allocation, cuDNN autotuning, workers) left out
+        first_time, first_step = self._first
+        if step > first_step:  # steps/s since the first check, validation included
+            pace = (step - first_step) / max(now - first_time, 1e-6)
+            then, step_then = self._marks[0]
+            if len(self._marks) > RECENT_CHECKS and now > then:  # slower lately: that pace
+                pace = min(pace, (step - step_then) / (now - then))
+            total = step + int(max(0.0, left) * pace)
+        else:  # no pace yet: the probe's estimate stands, unless the time is up
+            total = self.total_steps if left > 0 else step
         most = (trainer.max_epochs or 1) * max(1, int(trainer.num_training_batches))
         total = min(total, most)
         if trainer.world_size > 1:  # every rank must agree on the length: rank 0's
