@@ -218,3 +218,38 @@ def test_a_raster_without_crs_for_a_georeferenced_model_warns_and_has_no_crs(
     with caplog.at_level(logging.WARNING, logger="liandan"):
         stream_to(ungeoreferenced, plain, tmp_path / "out2.tif")
     assert "CRS" not in caplog.text  # a model that never saw a CRS expects none
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_evaluate_and_report_predict_with_every_key_of_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """tta, blend and batch_size of the run's config reach evaluate's and the report's
+    predictor too (they took only tile, overlap and precision)."""
+    run = make_run(tmp_path / "run", 3)
+    keys = ["predict.tta=true", "predict.blend=hann", "predict.batch_size=3"]
+    keys += ["predict.overlap=0.5", f"data.root={tmp_path}"]
+    Config.load(None, keys).save(run / "config.yaml")
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def from_run(cls, path, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(Predictor, "from_run", classmethod(from_run))
+    with pytest.raises(Stop):
+        if command == "evaluate":
+            from liandan.evaluation import evaluate
+
+            evaluate(run)
+        else:
+            import liandan.report.build as build
+            from liandan.report import write_report
+
+            monkeypatch.setattr(build, "rebuild_splits", lambda cfg, classes: (None, {}))
+            write_report(run, {"task": "segment", "classes": ["a", "b"], "overall": {}})
+    assert seen["tta"] is True and seen["blend"] == "hann"
+    assert seen["batch_size"] == 3 and seen["overlap"] == 0.5

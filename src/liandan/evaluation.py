@@ -68,9 +68,9 @@ def evaluate_with_samples(
     if data is not None:
         cfg.data.root = Path(data)
     classes = classes_from_meta(meta)
-    predictor = Predictor.from_run(
-        run, tile=cfg.predict.tile, overlap=cfg.predict.overlap, precision=cfg.predict.precision
-    )
+    # every predict key of the run (tile, overlap, blend, tta, batch size, precision),
+    # as `liandan predict` uses them
+    predictor = Predictor.from_run(run, **cfg.predict.model_dump())
     results = None
     if bundle is None and split != "val" and meta["task"] == "segment":
         from liandan.raster_eval import evaluate_raster_split

@@ -97,9 +97,9 @@ def write_report(
         checked, splits = bundle.checked, bundle.splits
     else:
         checked, splits = rebuild_splits(cfg, classes_from_meta(meta))
-    predictor = Predictor.from_run(
-        run, tile=cfg.predict.tile, overlap=cfg.predict.overlap, precision=cfg.predict.precision
-    )
+    # every predict key of the run (tile, overlap, blend, tta, batch size, precision),
+    # as `liandan predict` uses them
+    predictor = Predictor.from_run(run, **cfg.predict.model_dump())
     if results is None:
         val = pick_split(splits, "val")
         results = evaluate_samples(predictor, checked, val, bands=cfg.data.bands)
