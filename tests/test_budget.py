@@ -125,7 +125,7 @@ def test_budget_fit_sizes_epochs_and_the_schedule(tmp_path: Path) -> None:
     assert cfg.train.steps_per_epoch == info["steps_per_epoch"] == 40  # not the 3 of a pass
     assert info["fixed_epoch_s"] == 2.0
     assert info["train_s"] == pytest.approx(0.98 * 300 - 10 - info["after_training_s"], abs=0.5)
-    assert info["steps_planned"] == int(info["train_s"] / (40 * 0.5 + 2.0) * 40)
+    assert abs(info["steps_planned"] - info["train_s"] / (40 * 0.5 + 2.0) * 40) <= 1
     assert cfg.schedule.warmup_epochs <= 0.05 * info["steps_planned"] / 40 + 1e-3
     assert cfg.train.patience is None  # no early stopping from the budget
     assert json.loads((tmp_path / "budget.json").read_text())["steps_per_epoch"] == 40

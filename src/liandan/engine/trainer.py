@@ -18,7 +18,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from liandan.config import Config, parse_duration
@@ -100,7 +105,8 @@ def build_trainer(
         check_gradients=precision != "16-mixed",  # the fp16 scaler skips such steps itself
         sync_every=1 if accelerator_is_cpu(cfg) else SYNC_EVERY,
     )
-    callbacks: list[L.Callback] = [checkpoint, history]
+    # the learning rates in TensorBoard, per step (read from the optimizer: no device read)
+    callbacks: list[L.Callback] = [checkpoint, history, LearningRateMonitor("step")]
     callbacks += budget_callbacks(cfg, run_dir)  # train.budget: stop in time, record it
     callbacks += extra_callbacks or []  # e.g. tune's pruning callback
     callbacks += [doctor, RandomStateCallback(), GracefulStop(run_dir)]
