@@ -4,6 +4,7 @@ epochs sized by measured fixed costs."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,37 +39,6 @@ class FakeClock:
         return self.now
 
 
-def test_slow_first_steps_do_not_end_the_run(monkeypatch, tmp_path) -> None:
-    """One-off costs of the first steps (a GPU's allocation and cuDNN autotuning: 15 s for
-    8 steps) are left out of the pace: the run goes on to its deadline (it stopped after
-    8 steps of a 60 s budget when the pace counted them)."""
-    import liandan.engine.budget as budget_module
-
-    clock = FakeClock()
-    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    cfg = ScheduleConfig(name="cosine", warmup_epochs=0, min_lr_ratio=0.01)
-    scheduler, _ = build_scheduler(optimizer, cfg, epochs=1000, steps_per_epoch=50)
-    trainer = _fake_trainer(scheduler)
-    callback = BudgetCallback(20.0, tmp_path / "budget.json", planned_steps=100)
-    callback.on_train_start(trainer, None)  # type: ignore[arg-type]
-    lrs = []
-    while not trainer.should_stop:
-        clock.now += 15.0 / 8 if trainer.global_step < 8 else 0.05
-        optimizer.step()
-        scheduler.step()
-        trainer.global_step += 1
-        lrs.append(optimizer.param_groups[0]["lr"])
-        callback.on_train_batch_end(trainer)  # type: ignore[arg-type]
-    assert trainer.global_step > 8 + 80  # about 100 steps of 0.05 s fit the 5 s left
-    # halfway through the fast steps the cosine is still near its middle (counting the
-    # slow start in the pace had it decayed to 5% there: a run of 60 steps expected)
-    assert lrs[8 + 42] > 0.3
-    assert callback.elapsed() <= 20.0 + 0.05
-    assert optimizer.param_groups[0]["lr"] <= 0.05
-
-
 def _fake_trainer(scheduler, max_epochs=1000, batches=50):  # type: ignore[no-untyped-def]
     return SimpleNamespace(
         global_step=0,
@@ -83,30 +53,59 @@ def _fake_trainer(scheduler, max_epochs=1000, batches=50):  # type: ignore[no-un
     )
 
 
-@pytest.mark.parametrize("slowdown", [1.0, 3.0, 0.3])
-def test_schedule_ends_at_its_floor_at_the_deadline(monkeypatch, tmp_path, slowdown) -> None:
-    """1 s per step as the probe said, then a machine 3x slower (or faster) from step 40:
-    the run stops by its training deadline, at the cosine's floor."""
+def simulate(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    train_s: float,
+    planned: int,
+    step_s: Callable[[int], float],
+) -> tuple[BudgetCallback, list[float]]:
+    """A cosine schedule (lr 1 to 0.01) driven by a BudgetCallback on a fake clock, each
+    step taking ``step_s(step)`` seconds; returns the callback and each step's lr."""
     import liandan.engine.budget as budget_module
 
     clock = FakeClock()
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)
-    model = torch.nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     cfg = ScheduleConfig(name="cosine", warmup_epochs=0, min_lr_ratio=0.01)
     scheduler, _ = build_scheduler(optimizer, cfg, epochs=1000, steps_per_epoch=50)
     trainer = _fake_trainer(scheduler)
-    callback = BudgetCallback(200.0, tmp_path / "budget.json", planned_steps=200)
+    callback = BudgetCallback(train_s, tmp_path / "budget.json", planned_steps=planned)
     callback.on_train_start(trainer, None)  # type: ignore[arg-type]
     lrs = []
     while not trainer.should_stop:
-        clock.now += 1.0 if trainer.global_step < 40 else slowdown
+        clock.now += step_s(trainer.global_step)
         optimizer.step()
         scheduler.step()
         trainer.global_step += 1
         lrs.append(optimizer.param_groups[0]["lr"])
         callback.on_train_batch_end(trainer)  # type: ignore[arg-type]
         assert trainer.global_step < 2000
+    return callback, lrs
+
+
+def test_slow_first_steps_do_not_end_the_run(monkeypatch, tmp_path) -> None:
+    """One-off costs of the first steps (a GPU's allocation and cuDNN autotuning: 15 s for
+    8 steps) are left out of the pace: the run goes on to its deadline (it stopped after
+    8 steps of a 60 s budget when the pace counted them)."""
+    callback, lrs = simulate(
+        monkeypatch, tmp_path, 20.0, 100, lambda step: 15.0 / 8 if step < 8 else 0.05
+    )
+    assert len(lrs) > 8 + 80  # about 100 steps of 0.05 s fit the 5 s left
+    # halfway through the fast steps the cosine is still near its middle (counting the
+    # slow start in the pace had it decayed to 5% there: a run of 60 steps expected)
+    assert lrs[8 + 42] > 0.3
+    assert callback.elapsed() <= 20.0 + 0.05
+    assert lrs[-1] <= 0.05
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 3.0, 0.3])
+def test_schedule_ends_at_its_floor_at_the_deadline(monkeypatch, tmp_path, slowdown) -> None:
+    """1 s per step as the probe said, then a machine 3x slower (or faster) from step 40:
+    the run stops by its training deadline, at the cosine's floor."""
+    callback, lrs = simulate(
+        monkeypatch, tmp_path, 200.0, 200, lambda step: 1.0 if step < 40 else slowdown
+    )
     elapsed = callback.elapsed()
     assert 200.0 - 2 * 8 * slowdown <= elapsed <= 200.0 + slowdown  # the deadline, +- a check
     assert lrs[-1] <= 0.05  # the floor (0.01), within the last check's step
