@@ -92,7 +92,7 @@ def test_train_folds_pools_metrics_and_predicts_with_the_ensemble(tmp_path: Path
     assert f"{accuracies[0]:.4f}" in printed
     assert plot.stat().st_size > 1000
     assert main(args) == 1  # an existing file is never overwritten
-    from liandan.compare import compare
+    from liandan.comparison import compare
 
     with pytest.raises(OutputError):
         compare([parent], plot=plot)

@@ -39,7 +39,7 @@ from liandan.errors import CheckpointError, ConfigError, DataError, LiandanError
 _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("liandan.api", "train"),
     "train_folds": ("liandan.folds", "train_folds"),
-    "compare": ("liandan.compare", "compare"),
+    "compare": ("liandan.comparison", "compare"),
     "evaluate": ("liandan.evaluation", "evaluate"),
     "demo": ("liandan.demo_run", "demo"),
     "predict": ("liandan.predict", "predict"),

@@ -157,7 +157,7 @@ def compare(
 ) -> None:
     """Print (and plot) finished runs' metrics side by side."""
     from liandan.cli_output import compare_table
-    from liandan.compare import compare as run_compare
+    from liandan.comparison import compare as run_compare
 
     result = run_compare(list(runs), split=split, plot=plot)
     console.print(compare_table(result, split))
