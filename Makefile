@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 # the package itself only asks for lower bounds.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo demo-classify test test-fast lint docs clean
+.PHONY: demo demo-classify test test-fast lint docs clean postgres
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
+# tests/test_tune_postgres.py starts a PostgreSQL server of its own from Debian's
+# package (as the `postgres` user the package creates: the server refuses root)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 # pytest exits 5 when it collected no test: treated as a failure, not a pass.
-test: lint
+test: lint postgres
 	$(VENV)/bin/pytest -q -m "slow or not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
