@@ -96,3 +96,15 @@ def test_train_folds_pools_metrics_and_predicts_with_the_ensemble(tmp_path: Path
 
     with pytest.raises(OutputError):
         compare([parent], plot=plot)
+
+
+def test_a_fold_without_folds_is_refused() -> None:
+    from liandan.config import Config
+    from liandan.data.datamodule import fold_of
+    from liandan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"without data\.folds"):
+        fold_of(Config.load(None, ["data.fold=1"]))
+    with pytest.raises(ConfigError, match="fold 3 of 3"):
+        fold_of(Config.load(None, ["data.folds=3", "data.fold=3"]))
+    assert fold_of(Config.load(None, ["data.folds=3", "data.fold=2"])) == (2, 3)

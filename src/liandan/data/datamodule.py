@@ -167,6 +167,12 @@ def _seed_worker(worker_id: int) -> None:
 def fold_of(cfg: Config) -> tuple[int, int] | None:
     """``(fold, folds)`` of a k-fold run, or None."""
     if cfg.data.folds is None:
+        if cfg.data.fold is not None:  # a fold of no cross-validation: never ignored silently
+            raise ConfigError(
+                f"data.fold={cfg.data.fold} without data.folds",
+                where="data.fold",
+                hint="set data.folds (the number of folds), or leave data.fold out",
+            )
         return None
     fold = cfg.data.fold or 0
     if fold >= cfg.data.folds:
