@@ -30,7 +30,6 @@ from pydantic import (
 
 from liandan.errors import ConfigError
 
-Task = Literal["classify", "segment"]
 # data.layout=pairs:IMAGES/MASKS names the image and mask folders of a segmentation dataset
 PairFolders = Annotated[str, Field(pattern=r"^pairs:[^/]+/[^/]+$")]
 
@@ -180,6 +179,8 @@ class TrainConfig(Section):
     # auto: last with train.budget (its schedule ends at the floor), else best
     export: Literal["auto", "best", "last"] = "auto"  # the weights model/ gets
     checkpoint_interval: str = "3m"  # last.ckpt at most this often (and at every stop)
+    # csv: metrics.csv in the run; mlflow: a local file store in the run (no server)
+    logger: Literal["tensorboard", "csv", "mlflow"] = "tensorboard"  # where curves go
 
     @field_validator("budget", "checkpoint_interval")
     @classmethod
@@ -205,7 +206,7 @@ class PredictConfig(Section):
 class Config(Section):
     """The complete configuration of a run."""
 
-    task: Task | None = None  # inferred from the data layout when absent
+    task: str | None = None  # classify or segment; inferred from the data layout when absent
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -217,9 +218,15 @@ class Config(Section):
 
     @field_validator("task", mode="before")
     @classmethod
-    def _task_aliases(cls, value: Any) -> Any:
-        aliases = {"classification": "classify", "segmentation": "segment"}
-        return aliases.get(value, value)
+    def _task_name(cls, value: Any) -> Any:
+        from liandan.tasks import resolve_task_name
+
+        if value is None or not isinstance(value, str):
+            return value
+        try:  # a task's alias (segmentation) is read as its name (segment)
+            return resolve_task_name(value)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.message}; {exc.hint}") from None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -263,7 +270,9 @@ class Config(Section):
     def resolved_monitor(self) -> str:
         if self.train.monitor != "auto":
             return self.train.monitor
-        return "val/mean_iou" if self.task == "segment" else "val/macro_f1"
+        from liandan.tasks import get_task
+
+        return get_task(self.task or "classify").monitor
 
     def resolved_export(self) -> str:
         """Which weights model/ gets: ``last`` or ``best`` (``train.export``)."""
