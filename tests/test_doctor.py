@@ -154,7 +154,7 @@ def test_history_keeps_the_doctor_column_last(tmp_path: Path):
 
 
 def test_report_lists_the_doctors_findings(tmp_path: Path):
-    from liandan.report.build import _doctor_section
+    from liandan.reporting.build import _doctor_section
 
     empty = _doctor_section(tmp_path)  # no doctor.json: nothing was found
     assert empty.id == "doctor" and "found nothing" in empty.body and "<table>" not in empty.body

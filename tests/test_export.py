@@ -17,8 +17,8 @@ from conftest import FAST_CLS, FAST_SEG, make_imagefolder, make_pairs
 from liandan.api import train
 from liandan.cli import main
 from liandan.errors import CheckpointError
-from liandan.export import TOLERANCE, export
-from liandan.predict import predict
+from liandan.exporting import TOLERANCE, export
+from liandan.prediction import predict
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_predicting_from_an_onnx_export_imports_no_training_stack(
         img
     )
     code = (
-        "import sys; from liandan.predict import predict; "
+        "import sys; from liandan.prediction import predict; "
         f"predict({str(bundle)!r}, [{str(img)!r}], out={str(tmp_path / 'out')!r}); "
         "heavy = [m for m in ('lightning', 'timm', 'segmentation_models_pytorch') if m in sys.modules]; "
         "print('HEAVY', heavy)"

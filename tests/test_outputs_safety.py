@@ -162,7 +162,7 @@ def test_run_names_and_places_are_checked_by_the_api_too(tmp_path: Path) -> None
         create_run_dir(tmp_path / "afile", "train")
     assert create_run_dir(tmp_path / "runs", "train") == tmp_path / "runs" / "train"
     assert create_run_dir(tmp_path / "runs", "train") == tmp_path / "runs" / "train-2"
-    from liandan.tune import tune
+    from liandan.tuning import tune
 
     data = make_pairs(tmp_path / "data", n=4)
     with pytest.raises(OutputError, match="single folder name"):

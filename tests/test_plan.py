@@ -11,7 +11,7 @@ from conftest import FAST_CLS, make_imagefolder, save
 from liandan.cli import main
 from liandan.config import Config
 from liandan.data.fingerprint import Fingerprint
-from liandan.plan import plan, plan_from_fingerprint
+from liandan.planning import plan, plan_from_fingerprint
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 
 from conftest import write_geotiff
 from liandan.errors import DataError
-from liandan.predict import Predictor, predict
+from liandan.prediction import Predictor, predict
 from liandan.predict_outputs import RasterWriter, open_raster
 from liandan.runs import save_model_bundle
 from liandan.tiling import FLUSH_ROWS
@@ -309,7 +309,7 @@ def test_bf16_prediction_runs_under_autocast_and_agrees_with_float32(tmp_path: P
 
 def test_precision_auto_is_bf16_or_fp16_on_a_gpu_and_float32_on_the_cpu(monkeypatch) -> None:
     from liandan.errors import ConfigError
-    from liandan.predict import inference_dtype
+    from liandan.prediction import inference_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype("auto", cpu) is None

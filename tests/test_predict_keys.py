@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from liandan.config import Config
 from liandan.errors import ConfigError
-from liandan.predict import Predictor, predict
+from liandan.prediction import Predictor, predict
 from liandan.predict_settings import predict_settings
 from liandan.runs import save_model_bundle
 from liandan.tiling import blend_weights
@@ -246,8 +246,8 @@ def test_evaluate_and_report_predict_with_every_key_of_the_run(
 
             evaluate(run)
         else:
-            import liandan.report.build as build
-            from liandan.report import write_report
+            import liandan.reporting.build as build
+            from liandan.reporting import write_report
 
             monkeypatch.setattr(build, "rebuild_splits", lambda cfg, classes: (None, {}))
             write_report(run, {"task": "segment", "classes": ["a", "b"], "overall": {}})

@@ -193,7 +193,7 @@ def test_geopackage_and_shapefile_labels_read_like_geojson(
 def test_train_on_a_raster_then_predict_the_scene(tmp_path: Path, monkeypatch) -> None:
     from liandan.api import train
     from liandan.evaluation import evaluate
-    from liandan.predict import predict
+    from liandan.prediction import predict
 
     root = make_scene(tmp_path / "data")
     result = train(

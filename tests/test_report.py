@@ -187,7 +187,7 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> No
 
 
 def test_display_and_overlay() -> None:
-    from liandan.report.gallery import display_rgb, overlay, side_by_side
+    from liandan.reporting.gallery import display_rgb, overlay, side_by_side
 
     rng = np.random.default_rng(0)
     sixteen = rng.integers(0, 4000, (8, 8, 5), dtype=np.uint16)
@@ -206,7 +206,7 @@ def test_display_and_overlay() -> None:
 @pytest.mark.slow
 def test_runs_trained_on_polygons_get_a_report(tmp_path: Path) -> None:
     """The report read the GeoJSON labels as an image ("cannot read image"): no report."""
-    from liandan.report.html import fmt
+    from liandan.reporting.html import fmt
     from test_rasters import make_scene
 
     data = make_scene(tmp_path / "data", label="geojson")

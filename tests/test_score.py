@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix
 from conftest import save
 from liandan.cli import main
 from liandan.errors import DataError
-from liandan.score import score
+from liandan.scoring import score
 
 
 def masks(seed: int, n: int = 3, size: int = 16, values=(0, 255)) -> list[np.ndarray]:

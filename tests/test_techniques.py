@@ -337,7 +337,7 @@ def test_encoder_lr_mult_in_history(seg_run: Path) -> None:
 
 @pytest.mark.slow
 def test_predict_applies_the_runs_normalization_and_classes(seg_run: Path) -> None:
-    from liandan.predict import Predictor
+    from liandan.prediction import Predictor
 
     cfg = Config.load(seg_run / "config.yaml")
     bundle = build_data(cfg)

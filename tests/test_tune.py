@@ -12,7 +12,7 @@ import yaml
 from conftest import FAST_CLS, make_imagefolder
 from liandan.cli import main
 from liandan.errors import ConfigError
-from liandan.tune import heartbeat_seconds, load_space, mask_url, storage_url, tune
+from liandan.tuning import heartbeat_seconds, load_space, mask_url, storage_url, tune
 
 # steps_per_epoch=2, 2 epochs, lenet at 32 px, judged on validation loss
 TINY = [*FAST_CLS, "train.epochs=2", "train.steps_per_epoch=2", "train.monitor=val/loss"]

@@ -22,7 +22,7 @@ import yaml
 
 from conftest import make_imagefolder
 from liandan.errors import ConfigError
-from liandan.tune import open_study, storage_url, tune
+from liandan.tuning import open_study, storage_url, tune
 from postgres_server import PASSWORD, postgres_server
 from test_tune import TINY
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -34,21 +34,36 @@ __all__ = [
 from liandan.config import Config
 from liandan.errors import CheckpointError, ConfigError, DataError, LiandanError
 
-# name -> (module, attribute); None: the module itself, which is callable as its
-# function (liandan.callable_module explains why)
-_LAZY: dict[str, tuple[str, str | None]] = {
+if TYPE_CHECKING:  # what IDEs and mypy see; at run time __getattr__ imports on first use
+    from liandan.api import train as train
+    from liandan.comparison import compare as compare
+    from liandan.demo_run import demo as demo
+    from liandan.evaluation import evaluate as evaluate
+    from liandan.exporting import export as export
+    from liandan.folds import train_folds as train_folds
+    from liandan.planning import plan as plan
+    from liandan.prediction import predict as predict
+    from liandan.reporting import write_report as report
+    from liandan.scan_report import scan as scan
+    from liandan.scoring import score as score
+    from liandan.tuning import tune as tune
+
+# name -> (module, function). No module of the package is named like a function here:
+# importing a submodule sets the package's attribute of its name, which would replace
+# the function (tests/test_python_api.py checks it).
+_LAZY: dict[str, tuple[str, str]] = {
     "train": ("liandan.api", "train"),
     "train_folds": ("liandan.folds", "train_folds"),
     "compare": ("liandan.comparison", "compare"),
     "evaluate": ("liandan.evaluation", "evaluate"),
     "demo": ("liandan.demo_run", "demo"),
-    "predict": ("liandan.predict", "predict"),
-    "export": ("liandan.export", "export"),
+    "predict": ("liandan.prediction", "predict"),
+    "export": ("liandan.exporting", "export"),
     "scan": ("liandan.scan_report", "scan"),
-    "score": ("liandan.score", "score"),
-    "plan": ("liandan.plan", None),
-    "tune": ("liandan.tune", None),
-    "report": ("liandan.report", None),
+    "score": ("liandan.scoring", "score"),
+    "plan": ("liandan.planning", "plan"),
+    "tune": ("liandan.tuning", "tune"),
+    "report": ("liandan.reporting", "write_report"),
 }
 
 
@@ -58,6 +73,5 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'liandan' has no attribute {name!r}")
     import importlib
 
-    module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
-    return module if attribute is None else getattr(module, attribute)
+    module_name, function = _LAZY[name]
+    return getattr(importlib.import_module(module_name), function)

@@ -153,7 +153,7 @@ def train(
         return train_into(cfg, build_data(cfg), run_dir)
     planned = None
     if plan:  # rules from the dataset fingerprint; the config file and overrides win
-        from liandan.plan import planned_config
+        from liandan.planning import planned_config
 
         config, planned = planned_config(data, config, overrides)
         overrides = None
@@ -274,7 +274,7 @@ def train_into(
     metrics, samples = evaluate_with_samples(run_dir, split="val", write=True, bundle=bundle)
     duration = time.perf_counter() - start
     try:
-        from liandan.report import write_report
+        from liandan.reporting import write_report
 
         write_report(
             run_dir, metrics, bundle=bundle, results=samples, duration_s=duration, tensorboard=True

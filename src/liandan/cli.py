@@ -250,8 +250,8 @@ def predict(
     --tile, --overlap, --blend, --tta, --batch-size and --precision default to the
     run's config.yaml (its predict section); a flag given wins.
     """
-    from liandan.predict import PRECISIONS
-    from liandan.predict import predict as run_predict
+    from liandan.prediction import PRECISIONS
+    from liandan.prediction import predict as run_predict
 
     if blend not in (None, "gaussian", "hann", "none"):
         raise BadParameter("must be gaussian, hann or none", param_hint="--blend")
@@ -293,7 +293,7 @@ def score(
     ] = None,
 ) -> None:
     """Metrics for any predictions against ground truth."""
-    from liandan.score import score as run_score
+    from liandan.scoring import score as run_score
 
     metrics = run_score(pred, truth, ignore_index=ignore_index, nodata=nodata, out=out)
     if as_json:
@@ -307,7 +307,7 @@ def score(
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     """(Re)build a run's report.html and plots/ (predicts its validation split again)."""
-    from liandan.report import write_report
+    from liandan.reporting import write_report
 
     console.print(f"report: {q(write_report(run))}")
 
@@ -346,7 +346,7 @@ def plan_cmd(
 ) -> None:
     """Plan a complete config for DATA from its fingerprint (trains nothing)."""
     from liandan.config import parse_duration
-    from liandan.plan import plan as run_plan
+    from liandan.planning import plan as run_plan
     from liandan.runs import output_files
 
     if device not in ("cpu", "cuda", "auto"):
@@ -380,8 +380,8 @@ def tune_cmd(
 ) -> None:
     """Hyper-parameter search with Optuna; every trial is a run in runs/tune-NAME/."""
     from liandan.runs import check_out
-    from liandan.tune import trials_table
-    from liandan.tune import tune as run_tune
+    from liandan.tuning import trials_table
+    from liandan.tuning import tune as run_tune
 
     check_out(out, name)  # the study folder is tune-NAME
     data, overrides = _split_args(args)
@@ -418,7 +418,7 @@ def export_cmd(
     ] = None,
 ) -> None:
     """Export a run's model to ONNX or TorchScript with its model.json bundle."""
-    from liandan.export import export as run_export
+    from liandan.exporting import export as run_export
 
     if format not in ("onnx", "torchscript"):
         raise BadParameter("must be onnx or torchscript", param_hint="--format")

@@ -65,8 +65,8 @@ def demo(
     0.8
     """
     from liandan.data.demo import make_classify_demo, make_segment_demo
-    from liandan.predict import predict
-    from liandan.score import score
+    from liandan.prediction import predict
+    from liandan.scoring import score
 
     if task not in DEMO_OVERRIDES:
         raise ConfigError(f"unknown demo task {task!r}", where="--task", hint="segment or classify")

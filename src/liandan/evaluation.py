@@ -13,7 +13,7 @@ from liandan.config import Config
 from liandan.data.datamodule import DataBundle
 from liandan.errors import CheckpointError
 from liandan.metrics import compute_metrics
-from liandan.report.samples import SampleResults
+from liandan.reporting.samples import SampleResults
 from liandan.runs import atomic_write_json, read_model_json
 
 
@@ -54,8 +54,8 @@ def evaluate_with_samples(
 ) -> tuple[dict[str, Any], SampleResults]:
     """``evaluate``, also returning the per-sample results (the report's galleries)."""
     from liandan.metrics_extra import add_extras
-    from liandan.predict import Predictor
-    from liandan.report.samples import (
+    from liandan.prediction import Predictor
+    from liandan.reporting.samples import (
         classes_from_meta,
         evaluate_samples,
         pick_split,

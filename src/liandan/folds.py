@@ -83,7 +83,7 @@ def train_folds(
     start = time.perf_counter() if started is None else started
     planned = None
     if plan:
-        from liandan.plan import planned_config
+        from liandan.planning import planned_config
 
         config, planned = planned_config(data, config, overrides)
         overrides = None

@@ -27,7 +27,7 @@ from liandan.errors import DataError, OutputError
 from liandan.runs import atomic_write_bytes, atomic_write_text, output_files
 
 if TYPE_CHECKING:
-    from liandan.predict import Prediction, Predictor
+    from liandan.prediction import Prediction, Predictor
 
 PREVIEW_MAX = 2048  # longest side of the colour preview PNG
 # GDAL's block cache holds written and read blocks; capped so it cannot grow with the

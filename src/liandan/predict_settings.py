@@ -3,7 +3,7 @@
 ``liandan predict`` reads the run's ``model/`` bundle for the model, and the
 ``predict`` section of the run's ``config.yaml`` for how to predict (``tile``,
 ``overlap``, ``blend``, ``tta``, ``batch_size``, ``precision``): those are the defaults,
-and an argument given to :func:`~liandan.predict.predict` (a flag of ``liandan
+and an argument given to :func:`~liandan.prediction.predict` (a flag of ``liandan
 predict``) wins. A model folder without a ``config.yaml`` beside it (an export) uses
 the built-in defaults, and ``model.json``'s tile size.
 """

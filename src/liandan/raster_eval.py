@@ -23,8 +23,8 @@ from liandan.errors import ConfigError
 if TYPE_CHECKING:
     from liandan.config import Config
     from liandan.data.raster_tiles import RasterTiles, Region
-    from liandan.predict import Predictor
-    from liandan.report.samples import SampleResults
+    from liandan.prediction import Predictor
+    from liandan.reporting.samples import SampleResults
 
 
 class LabelCounter:
@@ -81,7 +81,7 @@ def evaluate_raster_split(
     from liandan.data.raster_tiles import RasterTiles
     from liandan.data.rasters import check_rasters, raster_index
     from liandan.metrics import ConfusionMatrix
-    from liandan.report.samples import SampleResults
+    from liandan.reporting.samples import SampleResults
 
     index = raster_index(cfg, classes)
     if index is None:

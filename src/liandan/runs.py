@@ -260,7 +260,7 @@ def load_model(run: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """
     folder, meta = read_model_json(run)
     if "export" in meta:
-        from liandan.export import load_export
+        from liandan.exporting import load_export
 
         return load_export(folder, meta), meta
     if "ensemble" in meta:  # a k-fold run: its folds' networks, probabilities averaged

@@ -9,7 +9,7 @@ rows is yielded and dropped. Peak memory is bounded by ``(tile + 256) x width`` 
 does not grow with the image's height. The last window is moved back inside the image
 rather than padded past it; tiles entirely nodata are skipped.
 
-:class:`~liandan.predict.Predictor` uses it for rasters and large images alike.
+:class:`~liandan.prediction.Predictor` uses it for rasters and large images alike.
 """
 
 from __future__ import annotations

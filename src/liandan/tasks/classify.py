@@ -25,7 +25,7 @@ class Classify(Task):
         return "lenet" if image_size <= 64 else "resnet18"
 
     def search_space(self) -> dict[str, Any]:
-        from liandan.tune import CLASSIFY_SPACE
+        from liandan.tuning import CLASSIFY_SPACE
 
         return dict(CLASSIFY_SPACE)
 

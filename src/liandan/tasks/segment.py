@@ -25,7 +25,7 @@ class Segment(Task):
         return "unet"
 
     def search_space(self) -> dict[str, Any]:
-        from liandan.tune import SEGMENT_SPACE
+        from liandan.tuning import SEGMENT_SPACE
 
         return dict(SEGMENT_SPACE)
 

@@ -17,7 +17,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from liandan.data.datasets import load_image
 from liandan.data.scan import CheckedDataset
-from liandan.report.samples import SampleResults
+from liandan.reporting.samples import SampleResults
 
 
 def last_conv(model: torch.nn.Module) -> torch.nn.Module | None:

@@ -38,7 +38,6 @@ from typing import Any, Literal
 
 import lightning as L
 
-from liandan.callable_module import make_callable
 from liandan.config import Config, apply_override, read_yaml
 from liandan.errors import ConfigError, LiandanError, TrainingStopped
 from liandan.runs import atomic_write_text
@@ -433,6 +432,3 @@ def trials_table(folder: Path) -> Any:
     for row in rows[1:]:
         table.add_row(*row[:-1])
     return table
-
-
-make_callable(__name__, "tune")  # liandan.tune(...) calls tune() even once imported

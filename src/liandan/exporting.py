@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from liandan.callable_module import make_callable
 from liandan.errors import CheckpointError, ConfigError
 from liandan.runs import (
     atomic_write_bytes,
@@ -316,6 +315,3 @@ def read_bundle(folder: str | Path) -> tuple[Path, dict[str, Any]]:
         raise CheckpointError("not an export folder (model.json has no 'export')", where=folder)
     json.dumps(meta)  # must be plain JSON
     return folder, meta
-
-
-make_callable(__name__, "export")  # liandan.export(...) calls export() even once imported

@@ -13,7 +13,7 @@ import numpy as np
 
 from liandan.data.layouts import Sample
 from liandan.data.scan import CheckedDataset, MaskMapper
-from liandan.report.samples import truth_mask
+from liandan.reporting.samples import truth_mask
 
 MAX_MASKS = 500  # masks read per split for the pixel distribution when not cached
 

@@ -25,7 +25,7 @@ from liandan.metrics import ConfusionMatrix
 from liandan.metrics_extra import classification_extras, image_iou, segmentation_extras
 
 if TYPE_CHECKING:
-    from liandan.predict import Predictor
+    from liandan.prediction import Predictor
 
 
 def classes_from_meta(meta: dict[str, Any]) -> ClassSpec:

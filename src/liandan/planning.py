@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liandan.callable_module import make_callable
 from liandan.config import Config, DataConfig, apply_override
 from liandan.data.fingerprint import Fingerprint
 from liandan.data.readers import RASTER_EXTS
@@ -393,6 +392,3 @@ def _written(user: dict[str, Any], key: str) -> bool:
             return False
         node = node[part]
     return True
-
-
-make_callable(__name__, "plan")  # liandan.plan(...) calls plan() even once imported

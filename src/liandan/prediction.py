@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from liandan.callable_module import make_callable
 from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, read_image, valid_mask
 from liandan.data.transforms import Normalizer, eval_resize_crop
 from liandan.errors import DataError
@@ -387,6 +386,3 @@ def predict(
             write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
             written.append(out_dir / "predictions.csv")
     return PredictResult(out_dir, written, preds)
-
-
-make_callable(__name__, "predict")  # liandan.predict(...) calls predict() even once imported

@@ -23,16 +23,16 @@ from liandan.config import Config
 from liandan.errors import CheckpointError
 from liandan.metrics import PER_CLASS_KEYS, compute_metrics
 from liandan.metrics_extra import add_extras
-from liandan.report import figures, gallery
-from liandan.report import html as H
-from liandan.report.samples import (
+from liandan.reporting import figures, gallery
+from liandan.reporting import html as H
+from liandan.reporting.samples import (
     SampleResults,
     classes_from_meta,
     evaluate_samples,
     pick_split,
     rebuild_splits,
 )
-from liandan.report.summary import (
+from liandan.reporting.summary import (
     DataSummary,
     band_rows,
     data_summary,
@@ -85,7 +85,7 @@ def write_report(
     >>> liandan.report("runs/train")  # doctest: +SKIP
     PosixPath('runs/train/report.html')
     """
-    from liandan.predict import Predictor
+    from liandan.prediction import Predictor
 
     run = Path(run)
     _, meta = read_model_json(run)
@@ -327,7 +327,7 @@ def _heatmaps(
 ) -> tuple[dict[int, np.ndarray] | None, str]:
     """Grad-CAM maps of the top losses (pytorch-grad-cam), or none when it cannot run."""
     try:
-        from liandan.report.cam import top_loss_cams
+        from liandan.reporting.cam import top_loss_cams
     except ImportError:  # pytorch-grad-cam missing: the gallery shows the images only
         return None, "; install grad-cam for Grad-CAM heat maps"
     try:

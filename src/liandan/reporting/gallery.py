@@ -21,7 +21,7 @@ from PIL import Image
 
 from liandan.data.datasets import load_image
 from liandan.data.scan import CheckedDataset, MaskMapper
-from liandan.report.samples import SampleResults, truth_mask
+from liandan.reporting.samples import SampleResults, truth_mask
 
 GALLERY_SIZE = 16  # items per gallery: enough to see a pattern, small enough to read
 TILE = 192  # displayed side of each panel, pixels
@@ -123,7 +123,7 @@ def segmentation_gallery(
     """The ``size`` validation images (rasters: tiles) with the lowest IoU, worst first.
 
     Each PNG shows the image, the truth and the prediction (class colours over the
-    image); ``predictor`` is the run's :class:`~liandan.predict.Predictor` (only these
+    image); ``predictor`` is the run's :class:`~liandan.prediction.Predictor` (only these
     images are predicted again).
     """
     colors = [tuple(c) for c in predictor.colors] or [(255, 0, 0)] * len(results.classes)

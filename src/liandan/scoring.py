@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from liandan.callable_module import make_callable
 from liandan.data.layouts import ClassSpec, class_spec_from_yaml, read_classes_yaml
 from liandan.data.readers import RASTER_EXTS, is_image_file, read_mask
 from liandan.data.scan import MaskMapper, infer_classes
@@ -246,7 +245,7 @@ def score(
         metrics = score_masks(pred, truth, ignore_index=ignore_index, nodata=nodata)
     metrics["inputs"] = {"pred": str(pred), "truth": str(truth), **metrics.get("inputs", {})}
     if out is not None:
-        from liandan.report.figures import plot_confusion
+        from liandan.reporting.figures import plot_confusion
         from liandan.runs import output_files
 
         out = Path(out)
@@ -255,6 +254,3 @@ def score(
             atomic_write_json(out / "metrics.json", metrics)
             plot_confusion(metrics, out)
     return metrics
-
-
-make_callable(__name__, "score")  # liandan.score(...) calls score() even once imported
