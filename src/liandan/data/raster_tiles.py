@@ -27,7 +27,7 @@ from liandan.errors import DataError
 
 if TYPE_CHECKING:
     from liandan.config import Config
-    from liandan.report.samples import SampleResults
+    from liandan.reporting.samples import SampleResults
 
 STATS_WINDOWS = 16  # windows per raster sampled for the band statistics
 MAX_REDRAWS = 20  # attempts to find a training tile with enough valid pixels
@@ -284,7 +284,7 @@ class RasterTiles(Dataset):
         """
         from liandan.metrics import ConfusionMatrix
         from liandan.metrics_extra import image_iou
-        from liandan.report.samples import SampleResults
+        from liandan.reporting.samples import SampleResults
 
         n = self.classes.num_classes
         cm = ConfusionMatrix(n, ignore_index=-1)
