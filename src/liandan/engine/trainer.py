@@ -1,5 +1,9 @@
 """The Lightning Trainer factory: devices, processes, precision, checkpoints, logging.
 
+Curves (losses, metrics, learning rates) go to the logger ``train.logger`` names, in
+the run folder: ``tensorboard/`` event files, ``csv/metrics.csv``, or an MLflow store in
+``mlflow/`` (a SQLite file, no server). See docs/techniques.md.
+
 Checkpoints go through :class:`~liandan.engine.checkpoint.AtomicCheckpointIO` (atomic
 writes, ``last-prev`` kept, ``weights_only`` loading) and are saved at the end of each
 training epoch, after validation, so that ``last.ckpt`` holds that epoch's history row
@@ -11,10 +15,14 @@ writes and how many devices there are. See docs/scale.md.
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import logging
+import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,12 +32,19 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     TQDMProgressBar,
 )
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from liandan.config import Config, parse_duration
 from liandan.engine.budget import budget_callbacks
 from liandan.engine.callbacks import GracefulStop, HistoryCallback, RandomStateCallback
-from liandan.engine.checkpoint import AtomicCheckpointIO, LastCheckpoint, clean_temporary
+from liandan.engine.checkpoint import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    clean_temporary,
+    previous_path,
+)
 from liandan.engine.distributed import (
     devices_and_nodes,
     is_first_process,
@@ -37,6 +52,7 @@ from liandan.engine.distributed import (
     resolve_distributed,
 )
 from liandan.engine.doctor import TrainingDoctor
+from liandan.errors import ConfigError
 
 # ------------------------------------------------------------------ trainer
 # Steps between reads of the device in the hot loop (the doctor's checks, logged values):
@@ -73,13 +89,18 @@ def quiet_lightning() -> None:
 def build_trainer(
     cfg: Config, run_dir: Path, extra_callbacks: list[L.Callback] | None = None
 ) -> tuple[L.Trainer, HistoryCallback]:
-    """A Trainer writing checkpoints, history and TensorBoard logs into ``run_dir``."""
+    """A Trainer writing checkpoints, history and ``train.logger``'s curves into ``run_dir``."""
     quiet_lightning()
+    check_logger(cfg)
     resolve_distributed(cfg)  # no-op when train_into resolved it before saving config.yaml
     devices, nodes = devices_and_nodes(cfg)
     monitor = cfg.resolved_monitor()
+    fresh = not has_resume_checkpoint(run_dir)
     if is_first_process():  # rank 0 owns the folder; others could race its writes
         clean_temporary(run_dir / "checkpoints")  # what a killed run left unfinished
+        if fresh:  # curves of an attempt that never checkpointed (out of memory: retried)
+            for folder in LOG_FOLDERS.values():
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -105,7 +126,7 @@ def build_trainer(
         check_gradients=precision != "16-mixed",  # the fp16 scaler skips such steps itself
         sync_every=1 if accelerator_is_cpu(cfg) else SYNC_EVERY,
     )
-    # the learning rates in TensorBoard, per step (read from the optimizer: no device read)
+    # the learning rates in the logger, per step (read from the optimizer: no device read)
     callbacks: list[L.Callback] = [checkpoint, history, LearningRateMonitor("step")]
     callbacks += budget_callbacks(cfg, run_dir)  # train.budget: stop in time, record it
     callbacks += extra_callbacks or []  # e.g. tune's pruning callback
@@ -122,7 +143,7 @@ def build_trainer(
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=checkpoint.mode, patience=cfg.train.patience)
         )
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+    logger = build_logger(cfg, run_dir, fresh=fresh)
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
@@ -149,3 +170,118 @@ def build_trainer(
         benchmark=torch.cuda.is_available(),
     )
     return trainer, history
+
+
+# ------------------------------------------------------------------ loggers
+LOG_FOLDERS = {"tensorboard": "tensorboard", "csv": "csv", "mlflow": "mlflow"}
+MLFLOW_EXPERIMENT = "liandan"
+
+
+def has_resume_checkpoint(run_dir: Path) -> bool:
+    """Whether the run folder holds a checkpoint a resume would continue from."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last.is_file() or previous_path(last).is_file()
+
+
+def check_logger(cfg: Config) -> None:
+    """``train.logger=mlflow`` without mlflow installed is a config error, not a traceback.
+
+    Raises:
+        ConfigError: the logger's package is missing.
+    """
+    if cfg.train.logger == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(
+            "train.logger=mlflow needs the mlflow package, which is not installed",
+            where="train.logger",
+            hint="pip install 'liandan[mlflow]', or use train.logger=tensorboard or csv",
+        )
+
+
+def build_logger(cfg: Config, run_dir: Path, *, fresh: bool = True) -> Logger:
+    """The ``train.logger`` writing into ``run_dir``; ``fresh``: no checkpoint to resume.
+
+    A resumed run continues its curves: TensorBoard appends event files, the CSV keeps
+    its rows (those the interrupted attempt logged past its checkpoint are replaced),
+    MLflow continues the run its store holds.
+    """
+    check_logger(cfg)
+    folder = run_dir / LOG_FOLDERS[cfg.train.logger]
+    if cfg.train.logger == "csv":
+        return ResumableCSVLogger(save_dir=str(run_dir), name=folder.name, version="")
+    if cfg.train.logger == "mlflow":
+        return _mlflow_logger(cfg, run_dir, folder, fresh=fresh)
+    return TensorBoardLogger(save_dir=str(run_dir), name=folder.name, version="")
+
+
+def _mlflow_logger(cfg: Config, run_dir: Path, folder: Path, *, fresh: bool) -> Logger:
+    # SQLite, not a file: URI: MLflow 3 refuses its file store (in maintenance mode)
+    # unless MLFLOW_ALLOW_FILE_STORE is set; SQLite needs only sqlalchemy and alembic,
+    # which optuna already brings (docs/techniques.md)
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    for name in ("mlflow", "alembic"):  # the database set-up's INFO lines
+        logging.getLogger(name).setLevel(logging.WARNING)
+    run_id = None if fresh else _mlflow_run(uri)
+    logger = MLFlowLogger(
+        experiment_name=MLFLOW_EXPERIMENT,
+        run_name=run_dir.name,
+        tracking_uri=uri,
+        artifact_location=(folder / "artifacts").resolve().as_uri(),
+        run_id=run_id,
+    )
+    if run_id is None and is_first_process():  # the config, to compare runs in MLflow
+        logger.log_hyperparams(cfg.to_dict())
+    return logger
+
+
+def _mlflow_run(uri: str) -> str | None:
+    """The run id the store in the run folder holds (a resume continues it), if any."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+class _ResumingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` is continued, not deleted.
+
+    Lightning removes the file when its folder is not empty, which on a resume would
+    lose every curve logged before the interruption. Rows from the step the resumed
+    run logs first onwards are dropped: the interrupted attempt logged them after its
+    last checkpoint, and the resumed run logs them again.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        self._previous: list[dict[str, Any]] | None = None
+        if Path(self.metrics_file_path).is_file():
+            with open(self.metrics_file_path, newline="") as file:
+                reader = csv.DictReader(file)
+                self.metrics_keys = sorted(reader.fieldnames or [])
+                self._previous = list(reader)
+
+    def save(self) -> None:
+        if self._previous is not None and self.metrics:
+            first = min(int(row["step"]) for row in self.metrics)
+            kept = [row for row in self._previous if int(float(row["step"])) < first]
+            with open(self.metrics_file_path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            self._previous = None
+        super().save()
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``csv/metrics.csv``, continued by a resumed run (see :class:`_ResumingWriter`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(log_dir=self.log_dir)
+        return self._experiment  # type: ignore[return-value]
