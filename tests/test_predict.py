@@ -16,8 +16,8 @@ from rasterio.transform import from_origin
 
 from conftest import write_geotiff
 from liandan.errors import DataError
-from liandan.prediction import Predictor, predict
 from liandan.predict_outputs import RasterWriter, open_raster
+from liandan.prediction import Predictor, predict
 from liandan.runs import save_model_bundle
 from liandan.tiling import FLUSH_ROWS
 
@@ -195,9 +195,9 @@ def test_accumulators_hold_tile_plus_one_block_of_rows_whatever_the_height(
         writer = RasterWriter(src, predictor, tmp_path / "out.tif")
     original = writer.write
 
-    def spy(top: int, probs: np.ndarray, valid: np.ndarray) -> None:
+    def spy(top: int, probs: np.ndarray, valid: np.ndarray, left: int = 0) -> None:
         seen.append(probs.shape[1])
-        original(top, probs, valid)
+        original(top, probs, valid, left)
 
     writer.write = spy  # type: ignore[method-assign]
     with writer:

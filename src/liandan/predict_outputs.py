@@ -112,7 +112,7 @@ def open_raster(path: Path) -> Iterator[Any]:
 
 
 class RasterWriter:
-    """Writes finished rows of class probabilities as class values (and optional extras).
+    """Writes finished windows of class probabilities as class values (and optional extras).
 
     Args:
         src: the open input raster (its size, CRS and transform are copied).
@@ -141,7 +141,10 @@ class RasterWriter:
         self.nodata = 255 if self.dtype == np.uint8 else 65535
         self.lut = np.asarray(predictor.values, dtype=self.dtype)
         self.step = max(1, math.ceil(max(self.height, self.width) / PREVIEW_MAX))
-        self.preview_rows: list[np.ndarray] = []
+        # every step-th row and column, filled window by window (at most PREVIEW_MAX a side)
+        shape = (-(-self.height // self.step), -(-self.width // self.step), 3)
+        self.preview = np.zeros(shape, np.uint8)
+        self.written = 0  # pixels written, to tell a finished raster from an empty one
         self._stack = contextlib.ExitStack()
         self._dst: Any = None
         self._probs: Any = None
@@ -192,12 +195,13 @@ class RasterWriter:
                 self._probs.set_band_description(i, name)
         return self
 
-    def write(self, top: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        """Write rows ``top .. top + n`` from ``probs (K, n, W)`` and ``valid (n, W)``."""
+    def write(self, top: int, probs: np.ndarray, valid: np.ndarray, left: int = 0) -> None:
+        """Write the window at row ``top``, column ``left`` from ``probs (K, n, m)`` and
+        ``valid (n, m)``; windows may come in any order (whole rows: ``left`` 0)."""
         from rasterio.windows import Window
 
-        n = probs.shape[1]
-        window = Window(0, top, self.width, n)
+        n, m = probs.shape[1:]
+        window = Window(left, top, m, n)
         labels = probs.argmax(0)
         values = self.lut[labels]
         values[~valid] = self.nodata
@@ -206,12 +210,16 @@ class RasterWriter:
             q = np.rint(probs * 254).astype(np.uint8)
             q[:, ~valid] = 255
             self._probs.write(q, window=window)
-        first = (-top) % self.step  # keep every step-th row and column for the preview
-        if first < n:
-            rows = labels[first :: self.step, :: self.step]
-            preview = self.predictor.preview(rows)
-            preview[~valid[first :: self.step, :: self.step]] = 0
-            self.preview_rows.append(preview)
+        # the preview keeps every step-th row and column of the raster: the first such
+        # row and column in this window, and where they land in the preview
+        r0, c0 = (-top) % self.step, (-left) % self.step
+        if r0 < n and c0 < m:
+            kept = np.s_[r0 :: self.step, c0 :: self.step]
+            preview = self.predictor.preview(labels[kept])
+            preview[~valid[kept]] = 0
+            y, x = (top + r0) // self.step, (left + c0) // self.step
+            self.preview[y : y + preview.shape[0], x : x + preview.shape[1]] = preview
+        self.written += n * m
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
@@ -227,9 +235,9 @@ class RasterWriter:
                 _to_cog(_tmp(path), path)
             else:
                 _tmp(path).replace(path)
-        if self.preview_rows:
+        if self.written:
             buf = io.BytesIO()
-            Image.fromarray(np.concatenate(self.preview_rows)).save(buf, format="PNG")
+            Image.fromarray(self.preview).save(buf, format="PNG")
             preview_dir = self.target.parent / "preview"
             preview_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(preview_dir / f"{self.target.stem}.png", buf.getvalue())

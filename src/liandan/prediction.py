@@ -157,18 +157,22 @@ class Predictor:
         h, w = x.shape[:2]
         out = np.zeros((len(self.classes), h, w), np.float32)
 
-        def read(top: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-            return x[top : top + n], None if valid is None else valid[top : top + n]
+        def read(top: int, left: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray | None]:
+            window = np.s_[top : top + n, left : left + m]
+            return x[window], None if valid is None else valid[window]
 
-        for top, probs, _ in self.stream(read, h, w):
-            out[:, top : top + probs.shape[1]] = probs
+        for top, left, probs, _ in self.stream(read, h, w):
+            out[:, top : top + probs.shape[1], left : left + probs.shape[2]] = probs
         return out
 
     # ---------------------------------------------------------------- streaming
     def stream(
         self, read: ReadBand, height: int, width: int
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """:func:`~liandan.tiling.stream_tiles` through this model; fills :attr:`stats`."""
+    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """:func:`~liandan.tiling.stream_tiles` through this model; fills :attr:`stats`.
+
+        Yields finished windows ``(top, left, probs (K, n, m), valid (n, m))``.
+        """
         self.stats = StreamStats()
         grid = TileGrid(self.tile, self.overlap, self.blend, self.batch_size)
         yield from stream_tiles(
@@ -178,10 +182,12 @@ class Predictor:
     def predict_raster(
         self, path: str | Path, writer: Any, rows: tuple[int, int] | None = None
     ) -> StreamStats:
-        """Stream a raster through the model into ``writer.write(top, probs, valid)``.
+        """Stream a raster through the model into ``writer.write(top, probs, valid, left)``.
 
-        ``rows`` limits it to rows ``[start, stop)`` (the model sees nothing outside
-        them); ``top`` is always a row of the file.
+        Finished windows arrive in column blocks, each top to bottom (see
+        :func:`~liandan.tiling.stream_tiles`). ``rows`` limits it to rows
+        ``[start, stop)`` (the model sees nothing outside them); ``top`` is always a row
+        of the file.
         """
         from liandan.predict_outputs import open_raster
 
@@ -191,18 +197,19 @@ class Predictor:
             width = src.width
             start, stop = rows or (0, src.height)
 
-            def read(top: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+            def read(top: int, left: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
                 from rasterio.windows import Window
 
                 top += start
-                window = Window(0, top, width, n)
+                window = Window(left, top, m, n)
                 try:
                     raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
                     # the file's nodata, mask band or alpha, plus data.nodata of training
                     valid = valid_mask(src, window, self.meta.get("nodata"))
                 except Exception as exc:  # a truncated or corrupt file
                     raise DataError(
-                        f"cannot read rows {top}-{top + n} ({type(exc).__name__}: {exc})",
+                        f"cannot read rows {top}-{top + n}, columns {left}-{left + m} "
+                        f"({type(exc).__name__}: {exc})",
                         where=path,
                         hint="the file is damaged: check it with gdalinfo -checksum",
                     ) from None
@@ -210,8 +217,8 @@ class Predictor:
                 x[~valid] = 0.0  # nodata -> the normalized mean, not e.g. -9999 scaled
                 return x, valid
 
-            for top, probs, valid in self.stream(read, stop - start, width):
-                writer.write(start + top, probs, valid)
+            for top, left, probs, valid in self.stream(read, stop - start, width):
+                writer.write(start + top, probs, valid, left)
         return self.stats
 
     def check_raster(self, src: Any, path: Path) -> list[int]:

@@ -3,11 +3,11 @@
 Validation keeps the tile grid that training validated on
 (:meth:`~liandan.data.raster_tiles.RasterTiles.evaluate_with`), so ``metrics.json`` matches
 the run's own figures. The other splits are predicted as ``liandan predict`` does
-(overlapping tiles blended, band by band of rows) and each finished band is compared
+(overlapping tiles blended, window by window) and each finished window is compared
 with its labels, read through the same window of the image grid (label rasters, warped
-or not, and polygons alike). A raster of any size costs the memory of one band of rows,
-never the whole file. With a spatial split, the ``train`` and ``val`` parts of a raster
-are predicted separately, each seeing only its own rows.
+or not, and polygons alike). A raster of any size costs the memory of a block of a few
+tiles, never the whole file. With a spatial split, the ``train`` and ``val`` parts of a
+raster are predicted separately, each seeing only its own rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class LabelCounter:
-    """A prediction writer that counts finished rows against their labels.
+    """A prediction writer that counts finished windows against their labels.
 
     Pixels without data (the predictor's validity mask: the file's nodata, mask or
     alpha band, and training's ``data.nodata``) and unknown label values are not counted.
@@ -37,11 +37,11 @@ class LabelCounter:
     def __init__(self, tiles: RasterTiles, region: Region, confusion: Any) -> None:
         self.tiles, self.region, self.confusion = tiles, region, confusion
 
-    def write(self, top: int, probs: np.ndarray, valid: np.ndarray) -> None:
+    def write(self, top: int, probs: np.ndarray, valid: np.ndarray, left: int = 0) -> None:
         from rasterio.windows import Window
 
-        n, width = probs.shape[1:]
-        truth = self.tiles.read_label(self.region.sample, Window(0, top, width, n))
+        n, m = probs.shape[1:]
+        truth = self.tiles.read_label(self.region.sample, Window(left, top, m, n))
         truth[~valid] = -1
         self.confusion.update(torch.from_numpy(probs.argmax(0)), torch.from_numpy(truth))
 
