@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from liandan.tasks.detect.boxes import ImageBoxes
+from liandan.tasks.detect.coco import read_coco
 from liandan.tasks.detect.metrics import Detections, evaluate_detections
 
 
@@ -298,3 +300,42 @@ def test_malformed_input_names_every_bad_image():
     assert "predictions[0]" not in text
     with pytest.raises(ValueError, match="2 images of ground truth but 1"):
         evaluate_detections([good, good], [good], 2)
+
+
+def test_a_coco_file_read_by_liandan_scores_as_pycocotools_scores_it(tmp_path):
+    # the reader's category order, crowd flags and given areas feed the metrics
+    truth, preds = random_case(21)
+    images = [
+        {"id": i + 1, "file_name": f"{i}.jpg", "width": 640, "height": 480}
+        for i in range(len(truth))
+    ]
+    anns = []
+    for i, t in enumerate(truth):
+        for box, c, crowd in zip(
+            t.boxes.tolist(), t.classes.tolist(), t.iscrowd.tolist(), strict=True
+        ):
+            x1, y1, x2, y2 = box
+            area = (x2 - x1) * (y2 - y1) * 0.6  # a mask's area, smaller than its box
+            anns.append(
+                {"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_id(c),
+                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": int(crowd)}
+            )  # fmt: skip
+    cats = [{"id": cat_id(c), "name": f"c{c}"} for c in (2, 0, 1)]  # listed out of order
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    results = [
+        {"image_id": i + 1, "category_id": cat_id(int(c)), "score": float(s),
+         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+        for i, p in enumerate(preds)
+        for b, c, s in zip(p.boxes.tolist(), p.classes, p.scores, strict=True)
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(path))
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ds = read_coco(path, check_images=False)
+    assert ds.class_names == ["c0", "c1", "c2"]
+    ours = evaluate_detections(ds.images, preds, 3)
+    np.testing.assert_allclose(ours.stats, ev.stats, atol=1e-6, rtol=0)

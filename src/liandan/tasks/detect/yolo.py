@@ -1,9 +1,8 @@
 """Read YOLO text labels (the Ultralytics layout).
 
-Every image under a folder called ``images`` has its
-labels at the same place under ``labels`` with a ``.txt`` suffix
-(``images/train/a.jpg`` -> ``labels/train/a.txt``; ``train/images`` -> ``train/labels``
-works the same). One box per line, ``class cx cy w h``, all but the class as fractions
+Every image under a folder called ``images`` has its labels at the same place under
+``labels`` with a ``.txt`` suffix (``images/train/a.jpg`` -> ``labels/train/a.txt``;
+``train/images`` -> ``train/labels`` works the same). One box per line, ``class cx cy w h``, all but the class as fractions
 of the image width and height; a line ``class x1 y1 x2 y2 x3 y3 ...`` is a polygon
 (Ultralytics segment labels) and becomes its bounding box. No label file, or an empty
 one, means a background image. Class names come from ``data.yaml`` / ``dataset.yaml``
