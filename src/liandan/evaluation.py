@@ -15,6 +15,7 @@ from liandan.errors import CheckpointError
 from liandan.metrics import compute_metrics
 from liandan.reporting.samples import SampleResults
 from liandan.runs import atomic_write_json, read_model_json
+from liandan.tasks import get_task
 
 
 def run_config(run: Path) -> Config:
@@ -72,13 +73,14 @@ def evaluate_with_samples(
     # as `liandan predict` uses them
     predictor = Predictor.from_run(run, **cfg.predict.model_dump())
     results = None
-    if bundle is None and split != "val" and meta["task"] == "segment":
+    tiles = get_task(meta["task"]).uses_raster_tiles  # rasters may be tiled or streamed
+    if bundle is None and split != "val" and tiles:
         from liandan.raster_eval import evaluate_raster_split
 
         # rasters: whole files streamed band by band (None: not a raster dataset)
         results = evaluate_raster_split(cfg, classes, split, predictor)
     if results is None:
-        if bundle is None and split == "val" and meta["task"] == "segment":
+        if bundle is None and split == "val" and tiles:
             from liandan.data.rasters import raster_bundle
 
             bundle = raster_bundle(cfg, classes)  # rasters: the same validation tile grid

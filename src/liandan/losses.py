@@ -27,6 +27,7 @@ from torch import nn
 
 from liandan.config import LossConfig
 from liandan.errors import ConfigError, DataError
+from liandan.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ def build_loss(
     Args:
         cfg: the ``loss`` config section. ``auto`` is ``ce+dice`` (segment) or ``ce``
             (classify); ``+`` combines losses, weighted by ``cfg.weights``.
-        task: ``classify`` or ``segment``.
+        task: a registered task (``classify``, ``segment``); it gives the ``auto`` loss.
         num_classes: number of classes C.
         ignore_index: target value that never counts (liandan uses -1 internally).
         class_weights: per-class weights (C,), e.g. from :func:`compute_class_weights`;
@@ -292,11 +293,9 @@ def build_loss(
         ConfigError: an unknown loss name, a plugin that does not load, or a
             ``loss.weights`` / ``loss.class_weights`` length that does not match.
     """
-    if task not in ("classify", "segment"):
-        raise ValueError(f"task must be classify or segment, got {task!r}")
     name = cfg.name.strip()
     if name == "auto":
-        name = "ce+dice" if task == "segment" else "ce"
+        name = get_task(task).default_loss  # ce+dice (segment), ce (classify)
     parts = [p.strip() for p in name.split("+")]
     weights = cfg.weights if cfg.weights is not None else [1.0] * len(parts)
     if len(weights) != len(parts):

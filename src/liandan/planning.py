@@ -15,31 +15,75 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liandan.config import Config, DataConfig, apply_override
+from liandan.config import Config, apply_override
 from liandan.data.fingerprint import Fingerprint
-from liandan.data.readers import RASTER_EXTS
 from liandan.engine.batch_size import MIN_BN_BATCH, MIN_STEPS, batch_cap, pow2_floor
 from liandan.engine.budget import FIXED_SHARE
+from liandan.tasks import get_task
 
+UPRIGHT_SHIFT = 0.1  # class-mix distance top vs bottom above which scenes are upright
 CPU_STEPS = 1500  # optimizer steps a no-budget CPU plan aims for (minutes, not hours)
 GPU_STEPS = 8000  # ... and a GPU plan (nnU-Net uses 250k; pretrained-free small data needs less)
-# images up to this side are predicted whole (no tiles): a U-Net/ResNet-18 forward pass
-# at 1024 px peaked 0.5 GB above the model on the CPU (inference, measured)
-WHOLE_IMAGE = {False: 1536, True: 2048}  # {gpu: max side}; about 1.1 GB at 1536 px
 MAX_EPOCHS = 300  # upper bound when a time budget decides the length
-TILE_PASSES = 2  # random training tiles per epoch: about two passes over the raster area
-TILES_PER_EPOCH = (64, 1024)  # ... within these bounds
-UPRIGHT_SHIFT = 0.1  # class-mix distance top vs bottom above which scenes are upright
-# Training memory per input pixel and sample, in float32 values (activations + gradients),
-# rough figures measured with torch.cuda.max_memory_allocated at 256 px; x2 safety margin.
-FLOATS_PER_PIXEL = {"lenet": 40, "resnet18": 250, "resnet34": 350, "resnet50": 700}
-# U-Net: the slope of peak RSS between batch 2 and 8 (CPU, AdamW steps, 256 px, torch
-# 2.14; measured 2026-11-28: 109 / 118 / 183 / 172 MB a sample), plus ~10%
-SEG_FLOATS_PER_PIXEL = {"mobilenet_v2": 760, "resnet18": 480, "resnet34": 520, "resnet50": 800}
+
+
+@dataclass
+class PlanFacts:
+    """What the rules know about the data and device, and where their choices go.
+
+    The shared rules fill the first fields; a task's rules (``Task.plan_*``) read them,
+    set the input side (``size``, ``tiled``) and record each choice with ``put``.
+    """
+
+    fp: Fingerprint
+    put: Callable[[str, Any, str], None]  # put(key, value, reason)
+    device: str  # cpu or cuda
+    n_train: int  # training samples (tiles per epoch for tiled rasters)
+    side: int  # the median image's shorter side
+    top: int  # the largest image's longer side
+    bands: int
+    dtype: str
+    size: int = 0  # the training input side, set by the task's plan_input
+    tiled: bool = False  # rasters trained on tiles
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def median(self) -> tuple[int, int]:
+        """The median image's (height, width)."""
+        h, w = self.fp.image_size.get("median", [32, 32])
+        return int(h), int(w)
+
+    def sized(self, cap: int) -> int:
+        """The median image's detail (a multiple of 32) within ``cap``: data.image_size."""
+        h, w = self.median
+        size = max(32, min(ceil32(self.side), cap))
+        reason = f"median image is {w}x{h}"
+        if ceil32(self.side) > cap:
+            reason += f"; capped at {cap} to fit {self.device} memory and speed"
+        if self.top > 2048:
+            reason += (
+                f"; the largest image ({self.top} px) is resized whole, tiles would keep its detail"
+            )
+        self.put("data.image_size", size, reason)
+        return size
+
+    def weigh_classes(self, threshold: float) -> None:
+        """Class weights when the imbalance ratio exceeds ``threshold``."""
+        ratio = self.fp.imbalance_ratio or 1.0
+        if ratio > threshold:
+            self.put("loss.class_weights", "auto", f"imbalance ratio {ratio:g} > {threshold:g}: "
+                     "rare classes weighted up (median-frequency balancing)")  # fmt: skip
+            self.put(
+                "loss.class_weighting", "median", "median frequency: gentler than inverse counts"
+            )
 
 
 @dataclass
@@ -117,7 +161,7 @@ def _device(device: str) -> tuple[str, float]:
     return "cpu", 2 * 1024**3
 
 
-def _ceil32(x: float) -> int:
+def ceil32(x: float) -> int:
     return int(32 * math.ceil(x / 32))
 
 
@@ -131,7 +175,7 @@ def plan_from_fingerprint(
     """The rules: fingerprint (+ device, budget) -> Config with a reason per decision."""
     device, memory = _device(device)
     gpu = device == "cuda"
-    seg = fp.task == "segment"
+    task = get_task(fp.task)
     cfg: dict[str, Any] = {}
     why: dict[str, str] = {}
 
@@ -139,44 +183,28 @@ def plan_from_fingerprint(
         apply_override(cfg, f"{key}={json.dumps(value)}")
         why[key] = reason
 
-    put("task", fp.task, f"the {fp.layout} layout holds {'masks' if seg else 'image labels'}")
+    put("task", fp.task, f"the {fp.layout} layout holds {task.targets}")
     apply_override(cfg, f"data.root={json.dumps(str(root))}")
     put("data.layout", fp.layout, "detected from the folder structure")
-    n_train = fp.splits.get("train", 0) + round(0.8 * fp.splits.get("none", 0))
     h, w = fp.image_size.get("median", [32, 32])
-    side, top = min(h, w), max(fp.image_size.get("max", [h, w]))
     bands = max(fp.bands, key=fp.bands.count) if fp.bands else 3
-    dtype = fp.dtypes[0] if fp.dtypes else "uint8"
+    facts = PlanFacts(
+        fp,
+        put,
+        device,
+        n_train=fp.splits.get("train", 0) + round(0.8 * fp.splits.get("none", 0)),
+        side=min(h, w),
+        top=max(fp.image_size.get("max", [h, w])),
+        bands=bands,
+        dtype=fp.dtypes[0] if fp.dtypes else "uint8",
+    )
+    dtype = facts.dtype
     overhead = fp.georeferenced or bands > 4 or dtype != "uint8"
     overhead = overhead or (any(e in (".tif", ".tiff") for e in fp.extensions) and h == w)
 
-    # rasters (georeferenced or larger than data.max_image_size) are trained on tiles
-    tiled = seg and bool(fp.extensions) and all(e in RASTER_EXTS for e in fp.extensions)
-    tiled = tiled and (fp.georeferenced or top > DataConfig().max_image_size)
-
     # input size: keep the median image's detail, within what the device trains fast
-    cap = (384 if gpu else 224) if not seg else (512 if gpu else 256)
-    if tiled:
-        size = max(32, min(32 * (side // 32), cap))
-        put("data.tile_size", size, f"rasters ({w}x{h} median) are trained on random tiles; "
-            f"{size} px keeps full resolution within what {device} trains fast")  # fmt: skip
-        area = fp.num_samples * h * w * (1 - DataConfig().val_fraction)
-        tiles = int(min(max(TILE_PASSES * area / size**2, TILES_PER_EPOCH[0]), TILES_PER_EPOCH[1]))
-        put("data.tiles_per_epoch", tiles, f"about {TILE_PASSES} passes over the training area "
-            f"per epoch, within {TILES_PER_EPOCH[0]}-{TILES_PER_EPOCH[1]} tiles")  # fmt: skip
-        n_train = tiles
-    elif not seg and side <= 64:
-        size = max(32, _ceil32(side))
-        put("data.image_size", size, f"median image is {w}x{h}: small images are upsampled "
-            f"to {size}, the smallest size the small CNNs are built for")  # fmt: skip
-    else:
-        size = max(32, min(_ceil32(side), cap))
-        limit = f"; capped at {cap} to fit {device} memory and speed" if _ceil32(side) > cap else ""
-        put("data.image_size", size, f"median image is {w}x{h}{limit}")
-        if top > 2048:
-            why["data.image_size"] += (
-                f"; the largest image ({top} px) is resized whole, tiles would keep its detail"
-            )
+    task.plan_input(facts)
+    size = facts.size
 
     # normalization from dtype and band statistics
     if dtype == "uint8" and bands in (1, 3):
@@ -189,58 +217,22 @@ def plan_from_fingerprint(
             f"{low} .. {high}): each band is clipped to its percentiles and scaled to 0-1")  # fmt: skip
         put("data.percentiles", [0.5, 99.5], "keeps 99% of the values, clips sensor outliers")
 
-    # architecture sized to data and device
-    if seg:
-        encoder = "resnet18" if (not gpu or n_train < 1000) else "resnet34"
-        if gpu and n_train >= 10000:
-            encoder = "resnet50"
-        put("model.arch", "unet", "U-Net: the encoder-decoder that nnU-Net found hard to beat")
-        put("model.encoder", encoder, f"{n_train} training images on {device}: "
-            f"{'a small encoder trains fast and overfits less' if encoder == 'resnet18' else 'enough data for a deeper encoder'}")  # fmt: skip
-        per_pixel = SEG_FLOATS_PER_PIXEL[encoder]
-    else:
-        arch = "lenet" if size <= 64 else ("resnet50" if gpu and n_train >= 10000 else "resnet18")
-        put("model.arch", arch, f"{size} px inputs, {n_train} training images on {device}"
-            + (": a LeNet-size CNN is enough for tiny images" if arch == "lenet" else ""))  # fmt: skip
-        per_pixel = FLOATS_PER_PIXEL[arch]
+    # architecture sized to data and device; its training memory per input pixel
+    per_pixel = task.plan_model(facts)
     put("model.weights", "none", "from scratch (no download); model.weights=imagenet usually "
         "helps RGB photos when the weights can be fetched")  # fmt: skip
 
     # loss and class weights from the imbalance ratio
-    ratio = fp.imbalance_ratio or 1.0
-    unit = "pixels" if seg else "images"
-    if seg:
-        loss = "focal+dice" if ratio > 100 else "ce+dice"
-        put("loss.name", loss, f"Dice is insensitive to class size; {'focal' if ratio > 100 else 'CE'} "
-            f"keeps per-pixel gradients (imbalance ratio {ratio:g} in {unit})")  # fmt: skip
-        heavy = ratio > 10
-    else:
-        loss = "focal" if ratio > 20 else "ce"
-        put("loss.name", loss, f"imbalance ratio {ratio:g} in {unit}"
-            + ("; focal loss down-weights the easy majority" if loss == "focal" else ""))  # fmt: skip
-        heavy = ratio > 3
-    if heavy:
-        put("loss.class_weights", "auto", f"imbalance ratio {ratio:g} > {10 if seg else 3}: rare "
-            "classes weighted up (median-frequency balancing)")  # fmt: skip
-        put("loss.class_weighting", "median", "median frequency: gentler than inverse counts")
+    task.plan_loss(facts)
 
     # augmentation: rotations only where orientation carries no meaning
-    shift = fp.layout_shift
     if overhead:
         reason = "overhead imagery (georeferenced, multi-band, 16-bit or square TIFF tiles): "
         for key in ("augment.hflip", "augment.vflip", "augment.rotate90"):
             put(key, 0.5, reason + "any orientation is valid")
-    elif seg and shift.get("vertical", 1.0) <= UPRIGHT_SHIFT:
-        reason = (f"no up direction: the masks' top and bottom thirds hold the same class mix "
-                  f"(distance {shift['vertical']:.2f} <= {UPRIGHT_SHIFT}), so flipped and "
-                  "rotated images keep valid labels")  # fmt: skip
-        for key in ("augment.hflip", "augment.vflip", "augment.rotate90"):
-            put(key, 0.5, reason)
-    elif not seg and size <= 64 and bands == 1:
-        put("augment.hflip", 0.0, "small single-band images (glyphs, digits): mirroring "
-            "can change the class")  # fmt: skip
-    else:
+    elif not task.plan_orientation(facts):
         upright = "upright photos"
+        shift = fp.layout_shift
         if "vertical" in shift:
             upright += (f" (the masks' top and bottom thirds differ in class mix by "
                         f"{shift['vertical']:.2f} > {UPRIGHT_SHIFT})")  # fmt: skip
@@ -248,18 +240,13 @@ def plan_from_fingerprint(
         put("augment.vflip", 0.0, f"{upright}: upside-down is not")
     if dtype == "uint8" and bands == 3:
         put("augment.brightness_contrast", 0.3, "RGB photos vary in exposure")
-    if side >= 1.5 * size and seg:
-        put("augment.scale", [0.5, 2.0], f"images ({side} px) are larger than the {size} px "
-            "crop: windows of 0.71-1.41 times its side, resized to it, add scale variety "
-            "around the native resolution predict runs at (nnU-Net scales by 0.7-1.4)")  # fmt: skip
-    elif side >= 1.5 * size:
-        put("augment.scale", [0.5, 1.0], f"images ({side} px) are larger than the input "
-            f"({size} px): random crops of half to all of the area add scale variety")  # fmt: skip
+    task.plan_scale(facts)
 
     # batch size: memory estimate with a 2x margin, within the rule `auto` uses too
     # (engine.batch_size.batch_cap: per-device caps, a few steps per epoch)
+    n_train = facts.n_train
     per_sample = per_pixel * size * size * 4 * 2
-    cap = batch_cap("segment" if seg else "classify", n_train, gpu=gpu)
+    cap = batch_cap(task.name, n_train, gpu=gpu)
     batch = max(2, pow2_floor(min(memory / per_sample, cap)))
     estimate = (
         f"~{per_sample / 2**20:.1f} MB per sample at {size} px (x2 margin) in "
@@ -270,11 +257,7 @@ def plan_from_fingerprint(
         put("train.batch_size", "auto", f"probed on the GPU when training starts; {estimate}")
     else:
         put("train.batch_size", batch, estimate)
-    if seg and not tiled and top <= WHOLE_IMAGE[gpu]:
-        whole = _ceil32(top)
-        put("predict.tile", max(whole, 64), f"the largest image ({top} px) is predicted "
-            "whole: no overlapping tiles computed twice (a 740 px image cost 2.2x its "
-            f"pixels in 512 px tiles), no seams; larger inputs are tiled at {max(whole, 64)} px")  # fmt: skip
+    task.plan_predict(facts)
     put("optim.name", "adamw", "AdamW: robust to the learning rate across architectures")
     put("optim.lr", "auto", "measured by the lr range test when training starts")
 

@@ -44,6 +44,7 @@ from liandan.data.readers import (
     valid_mask,
 )
 from liandan.errors import DataError
+from liandan.tasks import get_task
 
 CACHE_VERSION = 4  # 2: mask counts per border third; 3: stats without nodata; 4: alpha
 MAX_PIXELS = 179_000_000  # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
@@ -429,7 +430,7 @@ def scan(
     index = find_samples(root, layout, None, ignore_index, strict=False)
     # what strict indexing would refuse (unpaired files, empty class folders) blocks training
     problems = [Problem(kind, str(f), why, blocking=True) for kind, f, why in index.problems]
-    yaml_data = read_classes_yaml(root) if index.task == "segment" else None
+    yaml_data = read_classes_yaml(root) if get_task(index.task).reads_classes_yaml() else None
     nodata = yaml_data.get("nodata") if yaml_data else None
     paths: list[tuple[Path, str]] = [(s.image, "image") for s in index.samples]
     paths += [(s.target, "mask") for s in index.samples if isinstance(s.target, Path)]

@@ -41,6 +41,7 @@ import lightning as L
 from liandan.config import Config, apply_override, read_yaml
 from liandan.errors import ConfigError, LiandanError, TrainingStopped
 from liandan.runs import atomic_write_text
+from liandan.tasks import get_task
 
 log = logging.getLogger("liandan")
 
@@ -51,8 +52,6 @@ DEFAULT_SPACE: dict[str, Any] = {
     "augment.hflip": [0.0, 0.5],
     "schedule.name": ["cosine", "poly"],
 }
-SEGMENT_SPACE = {"loss.name": ["ce+dice", "ce", "focal+dice"]}
-CLASSIFY_SPACE = {"loss.name": ["ce", "focal"], "loss.label_smoothing": [0.0, 0.1]}
 
 
 HEARTBEAT_S = 60  # Optuna's own example: a beat a minute, failed after two minutes' silence
@@ -172,8 +171,7 @@ def _storage_error(url: str, exc: Exception) -> ConfigError:
 def load_space(path: str | Path | None, task: str) -> dict[str, Any]:
     """The search space: a YAML file, or the default one for the task."""
     if path is None:
-        extra = SEGMENT_SPACE if task == "segment" else CLASSIFY_SPACE
-        return {**DEFAULT_SPACE, **extra}
+        return {**DEFAULT_SPACE, **get_task(task).search_space()}
     space = read_yaml(Path(path))
     for key, spec in space.items():
         apply_override({}, f"{key}=0")  # an unknown key fails here, with did-you-mean

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,13 +12,13 @@ from torch.utils.data import DataLoader
 
 from liandan.config import Config
 from liandan.data.datasets import SampleDataset, load_image, pad_collate
-from liandan.data.epochs import ValPatches, val_patches
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
-from liandan.data.samplers import EvalShardSampler, RareClassCrop, balanced_sampler
+from liandan.data.samplers import EvalShardSampler
 from liandan.data.scan import CheckedDataset, check_dataset
 from liandan.data.transforms import Normalizer, build_augment, dtype_max, fit_normalizer
 from liandan.engine.batch_size import resolve_batch_size
 from liandan.errors import ConfigError, DataError
+from liandan.tasks import get_task
 
 
 @dataclass
@@ -47,15 +46,10 @@ class DataBundle:
 
     def class_counts(self) -> np.ndarray:
         """Training-set frequency of each class (images for classify, pixels for segment)."""
-        n = self.classes.num_classes
-        counts = np.zeros(n, dtype=np.int64)
-        for s in self.splits["train"]:
-            if isinstance(s.target, Path):
-                mask = self.train_loader.dataset.load_mask(s.target)  # type: ignore[attr-defined]
-                counts += np.bincount(mask[mask >= 0].ravel(), minlength=n)[:n]
-            else:
-                counts[int(s.target)] += 1
-        return counts
+        task = get_task(self.checked.index.task)
+        return task.class_counts(
+            self.train_loader.dataset, self.splits["train"], self.classes.num_classes
+        )
 
 
 def split_samples(
@@ -85,12 +79,10 @@ def split_samples(
         pool = list(index.samples)
         splits = {"test": []}
     rng = random.Random(seed)
-    if index.task == "classify":
-        groups: dict[int, list[Sample]] = {}
-        for s in pool:
-            groups.setdefault(int(s.target), []).append(s)  # type: ignore[arg-type]
-    else:
-        groups = {0: pool}
+    stratum = get_task(index.task).stratum  # classification: by class; else one group
+    groups: dict[int, list[Sample]] = {}
+    for s in pool:
+        groups.setdefault(stratum(s), []).append(s)
     train: list[Sample] = []
     val: list[Sample] = []
     for members in groups.values():
@@ -129,9 +121,9 @@ def _fold_split(index: DatasetIndex, seed: int, k: int, n_folds: int) -> dict[st
             hint="use fewer folds (--folds) or add samples",
         )
     groups: dict[int, list[Sample]] = {}
-    for s in pool:  # classification: stratified by class; segmentation: one group
-        key = int(s.target) if index.task == "classify" else 0  # type: ignore[arg-type]
-        groups.setdefault(key, []).append(s)
+    stratum = get_task(index.task).stratum  # classification: by class; else one group
+    for s in pool:
+        groups.setdefault(stratum(s), []).append(s)
     rng = random.Random(seed)
     dealt = 0  # continue the deal across classes, so fold sizes differ by at most one
     train: list[Sample] = []
@@ -263,16 +255,12 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+    task = get_task(index.task)
     sampler = None
-    if cfg.data.sampler == "balanced" and index.task == "classify":
-        labels = [int(s.target) for s in splits["train"]]  # type: ignore[arg-type]
-        sampler = balanced_sampler(labels, index.classes.num_classes, generator)
-    elif cfg.data.sampler == "balanced":  # segment: aim crops at rare-class pixels
-        counts = np.zeros(index.classes.num_classes, dtype=np.int64)
-        for s in splits["train"]:
-            mask = train_ds.load_mask(s.target)  # type: ignore[arg-type]
-            counts += np.bincount(mask[mask >= 0].ravel(), minlength=len(counts))[: len(counts)]
-        train_ds.augment.crop = RareClassCrop(counts, size)  # type: ignore[attr-defined]
+    if cfg.data.sampler == "balanced":  # the task's way: sample images or aim crops
+        sampler = task.balance(
+            train_ds, splits["train"], index.classes.num_classes, size, generator
+        )
     train_loader = DataLoader(
         train_ds,
         batch_size=batch,
@@ -282,13 +270,9 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         generator=generator,
         **loader_args,  # type: ignore[arg-type]
     )
-    val_batch = wanted if index.task == "classify" else max(1, batch // 2)
-    val_source: SampleDataset | ValPatches = val_ds
-    if index.task == "segment":  # large images: validated on fixed crops during training
-        patches, why = val_patches(val_ds, size, cfg.train.val_patches, cfg.train.seed)
-        if patches is not None and why is not None:
-            val_source, val_batch = patches, batch
-            index.notes.append(why)
+    val_source, val_batch, why = task.validation_source(val_ds, size, batch, wanted, cfg.train)
+    if why is not None:
+        index.notes.append(why)
     val_loader = DataLoader(
         val_source,
         batch_size=val_batch,

@@ -12,8 +12,9 @@ from torch.utils.data import Dataset
 
 from liandan.data.layouts import Sample
 from liandan.data.readers import read_image
-from liandan.data.scan import CheckedDataset, MaskMapper, _to_rgb
+from liandan.data.scan import CheckedDataset, _to_rgb
 from liandan.data.transforms import Normalizer, brightness_contrast
+from liandan.tasks import get_task
 
 STRIDE = 32  # output stride of 5-stage encoders: inputs are padded to a multiple of it
 
@@ -48,12 +49,12 @@ class SampleDataset(Dataset):
     ) -> None:
         self.samples = samples
         self.checked = checked
-        self.task = checked.index.task
+        self.task = get_task(checked.index.task)
         self.normalizer = normalizer
         self.augment = augment
         self.bands = bands
         self.bc_p = brightness_contrast_p
-        self.mapper = MaskMapper(checked.index.classes) if self.task == "segment" else None
+        self.mapper = self.task.target_mapper(checked.index.classes)  # None: labels
         self.seed = seed
 
     def __len__(self) -> int:
@@ -78,15 +79,7 @@ class SampleDataset(Dataset):
         # whole values on uint8.
         if image.dtype != np.uint8:
             image = image.astype(np.float32)
-        if self.task == "segment":
-            assert isinstance(sample.target, Path)
-            out = self.augment(image=image, mask=self.load_mask(sample.target))
-            image, mask = out["image"], out["mask"]
-            target = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
-        else:
-            image = self.augment(image=image)["image"]
-            assert isinstance(sample.target, int)
-            target = torch.tensor(sample.target, dtype=torch.int64)
+        image, target = self.task.augment_sample(self, image, sample)  # target kept aligned
         x = self.normalizer.to_chw(image)
         if self.bc_p:
             # seeded like the rest: numpy's global state is seeded per run and per loader

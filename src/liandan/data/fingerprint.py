@@ -28,6 +28,7 @@ from liandan.data.problems import (
 )
 from liandan.data.raster_labels import polygon_classes, read_polygons
 from liandan.errors import DataError
+from liandan.tasks import get_task
 
 __all__ = ["LEVELS", "Fingerprint", "Problem", "build_fingerprint", "check_records"]
 
@@ -130,34 +131,51 @@ def build_fingerprint(
     empty = sum(r.get("nodata_pixels", 0) for r in recs)
     if fp.nodata_value is not None or empty:  # a value, or a mask or alpha band
         fp.nodata_fraction = round(empty / hw.prod(1).sum(), 6)
-    if index.task == "classify":
-        fp.classes = list(index.classes.names)
-        counts = Counter(int(s.target) for s in good)  # type: ignore[arg-type]
-        fp.class_images = {n: counts.get(i, 0) for i, n in enumerate(fp.classes)}
-        freq = list(fp.class_images.values())
-    else:
-        masks, _, _ = mask_records(index, good, records, lossy_masks)
-        if any(is_vector(s.target) for s in good):
-            return _polygon_fingerprint(fp, index, good)
-        try:
-            spec, _ = classes_for(index, masks)
-        except DataError:
-            return fp
-        fp.classes, fp.ignore_index = list(spec.names), spec.ignore_index
-        pixels, images = np.zeros(spec.num_classes, np.int64), np.zeros(spec.num_classes, np.int64)
-        for rec in masks.values():
-            for code, n in class_codes(spec, rec).items():
-                if code >= 0 and n:
-                    pixels[code] += n
-                    images[code] += 1
-        fp.layout_shift = _layout_shift(spec, list(masks.values()))
-        fp.class_pixels = dict(zip(fp.classes, pixels.tolist(), strict=True))
-        fp.class_images = dict(zip(fp.classes, images.tolist(), strict=True))
-        freq = pixels.tolist()
+    # the task's targets: classes, their frequencies (None: not counted) and layout
+    freq = get_task(index.task).fingerprint_targets(fp, index, good, records, lossy_masks)
+    if freq is None:
+        return fp
     positive = [f for f in freq if f > 0]
     if positive:
         fp.imbalance_ratio = round(max(positive) / min(positive), 3)
     return fp
+
+
+def label_frequencies(fp: Fingerprint, index: DatasetIndex, good: list[Sample]) -> list[int]:
+    """Image labels: the classes and how many images hold each (classification)."""
+    fp.classes = list(index.classes.names)
+    counts = Counter(int(s.target) for s in good)  # type: ignore[arg-type]
+    fp.class_images = {n: counts.get(i, 0) for i, n in enumerate(fp.classes)}
+    return list(fp.class_images.values())
+
+
+def mask_frequencies(
+    fp: Fingerprint,
+    index: DatasetIndex,
+    good: list[Sample],
+    records: dict[Path, dict[str, Any]],
+    lossy_masks: str,
+) -> list[int] | None:
+    """Masks: classes, pixels and images per class, layout shift (None: not counted)."""
+    masks, _, _ = mask_records(index, good, records, lossy_masks)
+    if any(is_vector(s.target) for s in good):
+        _polygon_fingerprint(fp, index, good)
+        return None
+    try:
+        spec, _ = classes_for(index, masks)
+    except DataError:
+        return None
+    fp.classes, fp.ignore_index = list(spec.names), spec.ignore_index
+    pixels, images = np.zeros(spec.num_classes, np.int64), np.zeros(spec.num_classes, np.int64)
+    for rec in masks.values():
+        for code, n in class_codes(spec, rec).items():
+            if code >= 0 and n:
+                pixels[code] += n
+                images[code] += 1
+    fp.layout_shift = _layout_shift(spec, list(masks.values()))
+    fp.class_pixels = dict(zip(fp.classes, pixels.tolist(), strict=True))
+    fp.class_images = dict(zip(fp.classes, images.tolist(), strict=True))
+    return list(pixels.tolist())
 
 
 def _polygon_fingerprint(fp: Fingerprint, index: DatasetIndex, good: list[Sample]) -> Fingerprint:

@@ -17,6 +17,7 @@ from typing import Any
 
 from liandan.data.folders import detect
 from liandan.errors import ConfigError, DataError
+from liandan.tasks import get_task
 
 # Distinct colours for previews when classes.yaml gives none (tab10-like, then grey ramp).
 DEFAULT_COLORS = [
@@ -209,6 +210,23 @@ def _parse_layout(layout: str) -> tuple[str, tuple[str, str] | None]:
     return name, None
 
 
+def classes_from_yaml(index: DatasetIndex, root: Path, ignore_index: int | None) -> None:
+    """Mask classes: from ``classes.yaml``, else inferred from the masks later.
+
+    ``classes.yaml`` always wins, also over a layout's own classes (VOC's 21); without
+    one, VOC keeps its own and other layouts' classes are read from the masks.
+    """
+    yaml_data = read_classes_yaml(root)
+    if yaml_data is not None:
+        layout_ignore = index.classes.ignore_index if ignore_index is None else ignore_index
+        index.classes = class_spec_from_yaml(yaml_data, ignore_index)
+        if index.classes.ignore_index is None:  # neither config nor yaml: the layout's
+            index.classes.ignore_index = layout_ignore
+        index.notes.append(f"classes from {yaml_data['_path']}")
+    elif index.layout != "voc":
+        index.classes = ClassSpec([], ignore_index=ignore_index)  # inferred from masks
+
+
 def find_samples(
     root: str | Path,
     layout: str = "auto",
@@ -250,15 +268,6 @@ def find_samples(
     index = find(root, ignore_index)
     if folders is not None:  # as the config says it, so plan.yaml and runs read it again
         index.layout = f"pairs:{folders[0]}/{folders[1]}"
-    if index.task == "segment":
-        # classes.yaml always wins, also over a layout's own classes (VOC's 21)
-        yaml_data = read_classes_yaml(root)
-        if yaml_data is not None:
-            layout_ignore = index.classes.ignore_index if ignore_index is None else ignore_index
-            index.classes = class_spec_from_yaml(yaml_data, ignore_index)
-            if index.classes.ignore_index is None:  # neither config nor yaml: the layout's
-                index.classes.ignore_index = layout_ignore
-            index.notes.append(f"classes from {yaml_data['_path']}")
-        elif name != "voc":
-            index.classes = ClassSpec([], ignore_index=ignore_index)  # inferred from masks
+    # the task settles the classes (segmentation: classes.yaml beside the data)
+    get_task(index.task).prepare_classes(index, root, ignore_index)
     return index

@@ -27,6 +27,7 @@ from liandan.data.mask_records import (
 from liandan.data.masks import MaskMapper, color_mismatch, lossy_format
 from liandan.data.raster_labels import VECTOR_EXTS
 from liandan.errors import DataError
+from liandan.tasks import get_task
 
 MIN_SIDE = 8  # below this an image carries too little to learn from (and breaks pooling)
 # problem kinds that break training (check_dataset or find_samples would stop on them)
@@ -141,12 +142,23 @@ def check_records(
                 reason = f"mask is {m['w']}x{m['h']} but its image is {img['w']}x{img['h']}"
                 problems.append(Problem("size-mismatch", str(s.target), reason))
     problems += _band_problems(good, records, notes)
-    if index.task == "segment":
-        masks, lossy, lossy_notes = mask_records(index, good, records, lossy_masks)
-        problems += lossy + _mask_problems(index, masks)
-        notes += lossy_notes
+    # the task's own target checks (masks: lossy formats, unknown values, classes)
+    problems += get_task(index.task).target_problems(index, good, records, lossy_masks, notes)
     problems += _duplicates(good, records)
     return problems
+
+
+def mask_problems(
+    index: DatasetIndex,
+    good: list[Sample],
+    records: dict[Path, dict[str, Any]],
+    lossy_masks: str,
+    notes: list[str],
+) -> list[Problem]:
+    """The problems of the masks' records: lossy formats, values that are not a class."""
+    masks, lossy, lossy_notes = mask_records(index, good, records, lossy_masks)
+    notes += lossy_notes
+    return lossy + _mask_problems(index, masks)
 
 
 def _band_problems(

@@ -38,6 +38,7 @@ from liandan.data.raster_tiles import RasterTiles, Region, _open, fit_raster_nor
 from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, raster_all_nodata
 from liandan.data.scan import CheckedDataset
 from liandan.errors import DataError
+from liandan.tasks import get_task
 
 if TYPE_CHECKING:
     from liandan.config import Config
@@ -57,7 +58,7 @@ def pixel_size(paths: list[Path]) -> list[float] | None:
 
 def wants_tiles(index: DatasetIndex, max_image_size: int) -> bool:
     """Rasters that are georeferenced, larger than ``max_image_size`` or labelled by polygons."""
-    if index.task != "segment" or not index.samples:
+    if not get_task(index.task).uses_raster_tiles or not index.samples:
         return False
     for s in index.samples:
         if isinstance(s.target, Path) and s.target.suffix.lower() in VECTOR_EXTS:
@@ -258,7 +259,7 @@ def build_raster_data(cfg: Config, index: DatasetIndex) -> DataBundle:
     def augment(train: bool) -> Any:
         return build_augment(
             cfg.augment,
-            task="segment",
+            task=index.task,
             image_size=cfg.data.tile_size,
             train=train,
             bands=checked.in_channels,

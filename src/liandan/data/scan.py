@@ -27,6 +27,7 @@ from liandan.data.readers import RASTER_EXTS, raster_all_nodata, read_image, rea
 
 __all__ = ["CheckedDataset", "MaskMapper", "check_dataset", "infer_classes"]
 from liandan.errors import DataError
+from liandan.tasks import get_task
 
 CACHE_BYTES = 2 * 1024**3  # decoded datasets below this stay in memory
 
@@ -107,6 +108,73 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     return img[:, :, :3]
 
 
+@dataclass
+class TargetCheck:
+    """What a task's own target checks found beyond the per-sample problems."""
+
+    blocking: list[str] = field(default_factory=list)  # dataset problems, never skipped
+    hint: str | None = None  # how to fix them (e.g. list the classes in classes.yaml)
+    mismatch: str | None = None  # classes.yaml colours vs the masks', when they differ
+
+
+def check_masks(
+    index: DatasetIndex,
+    problems: list[tuple[Sample, str]],
+    raw_masks: dict[Path, np.ndarray],
+    lossy: dict[Path, str],
+    blocking: list[str],
+) -> TargetCheck:
+    """Masks: infer or check the classes, map every mask (``raw_masks`` in place).
+
+    Unknown values or colours are appended to ``problems``; classes that cannot be read
+    are a blocking problem (raised at once when nothing else is wrong).
+    """
+    found = TargetCheck()
+    good_masks = {
+        s.target: raw_masks[s.target]
+        for s in index.samples
+        if s.image not in {p.image for p, _ in problems} and isinstance(s.target, Path)
+    }
+    lossless = {p: m for p, m in good_masks.items() if p not in lossy}
+    if not index.classes.names and good_masks:
+        try:
+            if not lossless:  # nothing to read the class values from
+                raise DataError(
+                    "every mask is in a lossy format: the class values cannot be told",
+                    where=index.root,
+                    hint="list the classes (names, values or colors) in classes.yaml",
+                )
+            snap_flag = index.classes.snap_lossy
+            index.classes, note = infer_classes(lossless, index.classes.ignore_index)
+            index.classes.snap_lossy = snap_flag
+            index.notes.append(note)
+        except DataError as exc:  # no classes: listed with every other problem
+            if not (problems or blocking):
+                raise
+            found.blocking += exc.items or [exc.render()]
+            found.hint = exc.hint
+    if any(m.ndim == 3 for m in good_masks.values()):
+        index.classes.color_masks = True
+    if index.classes.names and (snapped := snap_lossy(good_masks, lossy, index.classes)):
+        index.notes.append(snapped)
+    mapper = MaskMapper(index.classes)
+    unknown: Counter[tuple[int, ...]] = Counter()
+    class_pixels = np.zeros(index.classes.num_classes, np.int64)
+    for s in index.samples:
+        if not isinstance(s.target, Path) or s.target not in good_masks or found.hint:
+            continue
+        mapped = mapper.map(good_masks[s.target])
+        if (mapped == MaskMapper.UNKNOWN).any():
+            vals = ", ".join(mapper.unknown_values(good_masks[s.target], mapped))
+            what = "colour(s)" if good_masks[s.target].ndim == 3 else "value(s)"
+            problems.append((s, f"{s.target}: mask {what} {vals} are not a class"))
+            unknown += mapper.unknown_colors(good_masks[s.target], mapped)
+        class_pixels += np.bincount(mapped[mapped >= 0], minlength=len(class_pixels))
+        raw_masks[s.target] = mapped
+    found.mismatch = color_mismatch(index.classes, unknown, class_pixels.tolist())
+    return found
+
+
 def check_dataset(
     index: DatasetIndex,
     *,
@@ -180,49 +248,10 @@ def check_dataset(
                         (s, f"{s.image}: {c} bands, most images have {common}") for s in members
                     ]
 
-    if index.task == "segment":
-        good_masks = {
-            s.target: raw_masks[s.target]
-            for s in index.samples
-            if s.image not in {p.image for p, _ in problems} and isinstance(s.target, Path)
-        }
-        lossless = {p: m for p, m in good_masks.items() if p not in lossy}
-        if not index.classes.names and good_masks:
-            try:
-                if not lossless:  # nothing to read the class values from
-                    raise DataError(
-                        "every mask is in a lossy format: the class values cannot be told",
-                        where=index.root,
-                        hint="list the classes (names, values or colors) in classes.yaml",
-                    )
-                snap_flag = index.classes.snap_lossy
-                index.classes, note = infer_classes(lossless, index.classes.ignore_index)
-                index.classes.snap_lossy = snap_flag
-                index.notes.append(note)
-            except DataError as exc:  # no classes: listed with every other problem
-                if not (problems or blocking):
-                    raise
-                blocking += exc.items or [exc.render()]
-                classes_hint = exc.hint
-        if any(m.ndim == 3 for m in good_masks.values()):
-            index.classes.color_masks = True
-        if index.classes.names and (snapped := snap_lossy(good_masks, lossy, index.classes)):
-            index.notes.append(snapped)
-        mapper = MaskMapper(index.classes)
-        unknown: Counter[tuple[int, ...]] = Counter()
-        class_pixels = np.zeros(index.classes.num_classes, np.int64)
-        for s in index.samples:
-            if not isinstance(s.target, Path) or s.target not in good_masks or classes_hint:
-                continue
-            mapped = mapper.map(good_masks[s.target])
-            if (mapped == MaskMapper.UNKNOWN).any():
-                vals = ", ".join(mapper.unknown_values(good_masks[s.target], mapped))
-                what = "colour(s)" if good_masks[s.target].ndim == 3 else "value(s)"
-                problems.append((s, f"{s.target}: mask {what} {vals} are not a class"))
-                unknown += mapper.unknown_colors(good_masks[s.target], mapped)
-            class_pixels += np.bincount(mapped[mapped >= 0], minlength=len(class_pixels))
-            raw_masks[s.target] = mapped
-        mismatch = color_mismatch(index.classes, unknown, class_pixels.tolist())
+    # the task's own checks of its targets (masks: classes read, colours mapped)
+    found = get_task(index.task).check_targets(index, problems, raw_masks, lossy, blocking)
+    blocking += found.blocking
+    classes_hint, mismatch = found.hint, found.mismatch
 
     if problems or blocking:
         bad = {s.image for s, _ in problems}

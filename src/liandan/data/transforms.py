@@ -18,6 +18,7 @@ import numpy as np
 
 from liandan.config import AugmentConfig
 from liandan.errors import ConfigError
+from liandan.tasks import get_task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -309,6 +310,49 @@ def eval_resize_crop(image: np.ndarray, image_size: int, ratio: float | None) ->
     return out[top : top + image_size, top : top + image_size]
 
 
+def resized_geometry(cfg: AugmentConfig, image_size: int, train: bool) -> list[Any]:
+    """Whole images to ``image_size``: a random resized crop (``augment.scale``) in training,
+    resize then centre-crop (``augment.eval_resize``) or a plain resize otherwise."""
+    size = (image_size, image_size)
+    if train and tuple(cfg.scale) != (1.0, 1.0):
+        return [A.RandomResizedCrop(size, scale=tuple(cfg.scale), p=1.0)]
+    if not train and cfg.eval_resize:
+        side = round(image_size * cfg.eval_resize)
+        return [
+            A.Resize(side, side, interpolation=cv2.INTER_AREA),
+            A.CenterCrop(image_size, image_size),
+        ]
+    return [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA)]
+
+
+def native_crop_geometry(cfg: AugmentConfig, image_size: int, train: bool) -> list[Any]:
+    """Random ``image_size`` crops at native resolution in training; nothing otherwise.
+
+    ``augment.scale`` is the window's area relative to the training crop, so the zoom
+    stays near the native resolution predict runs at (an area fraction of a 2000 px image
+    would shrink it 8x); windows larger than the image are padded (mask: -1, ignored).
+    """
+    if not train:
+        return []
+    lo, hi = (max(8, round(image_size * math.sqrt(s))) for s in cfg.scale)
+    side = max(image_size, hi)
+    ops: list[Any] = [
+        A.PadIfNeeded(side, side, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=-1)
+    ]
+    if (lo, hi) == (image_size, image_size):
+        return [*ops, A.RandomCrop(image_size, image_size)]
+    # INTER_NEAREST_EXACT: OpenCV's INTER_NEAREST samples floor(x * scale), up to
+    # half a pixel off the bilinear image; the exact variant samples pixel centres
+    crop = A.RandomSizedCrop(
+        (lo, hi),
+        size=(image_size, image_size),
+        w2h_ratio=1.0,
+        mask_interpolation=cv2.INTER_NEAREST_EXACT,
+        p=1.0,
+    )
+    return [*ops, crop]
+
+
 def build_augment(
     cfg: AugmentConfig,
     *,
@@ -331,45 +375,15 @@ def build_augment(
 
     Args:
         cfg: the ``augment`` config section.
-        task: ``classify`` or ``segment``.
+        task: a registered task; it chooses the geometry (see :meth:`Task.geometry`).
         image_size: training input side.
         train: training split (random transforms) or evaluation (deterministic).
         bands: number of image bands; hue/saturation needs 3 (RGB), others skip it.
         value_scale: the raw value of full intensity (the dtype's maximum; 1 for floats).
         seed: seeds the random transforms.
     """
-    ops: list[Any] = []
-    size = (image_size, image_size)
-    if task == "classify":
-        if train and tuple(cfg.scale) != (1.0, 1.0):
-            ops.append(A.RandomResizedCrop(size, scale=tuple(cfg.scale), p=1.0))
-        elif not train and cfg.eval_resize:
-            side = round(image_size * cfg.eval_resize)
-            ops.append(A.Resize(side, side, interpolation=cv2.INTER_AREA))
-            ops.append(A.CenterCrop(image_size, image_size))
-        else:
-            ops.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA))
-    elif train:
-        # segmentation: scale is the window's area relative to the training crop, so the
-        # zoom stays near the native resolution predict runs at (an area fraction of a
-        # 2000 px image would shrink it 8x); windows larger than the image are padded
-        lo, hi = (max(8, round(image_size * math.sqrt(s))) for s in cfg.scale)
-        side = max(image_size, hi)
-        ops.append(A.PadIfNeeded(side, side, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=-1))
-        if (lo, hi) != (image_size, image_size):
-            # INTER_NEAREST_EXACT: OpenCV's INTER_NEAREST samples floor(x * scale), up to
-            # half a pixel off the bilinear image; the exact variant samples pixel centres
-            ops.append(
-                A.RandomSizedCrop(
-                    (lo, hi),
-                    size=size,
-                    w2h_ratio=1.0,
-                    mask_interpolation=cv2.INTER_NEAREST_EXACT,
-                    p=1.0,
-                )
-            )
-        else:
-            ops.append(A.RandomCrop(image_size, image_size))
+    # geometry first: the task's way to the input size (resize, or native-resolution crops)
+    ops: list[Any] = get_task(task).geometry(cfg, image_size, train)
     intensity: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = []
     if train:
         # warps fill outside the image with 0 and outside the mask with -1 (ignored)

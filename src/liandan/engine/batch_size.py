@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 
 from liandan.config import Config
 from liandan.errors import TrainingStopped
+from liandan.tasks import get_task
 
 if TYPE_CHECKING:
     from liandan.data.datamodule import DataBundle
@@ -49,9 +49,6 @@ log = logging.getLogger("liandan")
 
 MARGIN = 0.8  # GPU: keep 20% of the largest batch that fitted for fragmentation, validation
 CPU_SHARE = 0.5  # CPU: the estimate must fit in half the available memory (2x margin)
-GPU_CAP = {"classify": 256, "segment": 64}
-# On a CPU, throughput stops growing at small batches while each step gets slower
-CPU_CAP = {"classify": 64, "segment": 16}
 MIN_STEPS = 4  # an epoch keeps at least this many optimizer steps ...
 # ... unless that leaves fewer samples than this for BatchNorm's batch statistics, which
 # get noisy below ~8 (Wu & He 2018); the epoch count or the budget sets the steps anyway
@@ -78,11 +75,12 @@ def pow2_floor(x: float) -> int:
 def batch_cap(task: str, n_train: int, *, gpu: bool) -> int:
     """The largest batch a plan or ``auto`` chooses; memory may make it smaller.
 
-    Per task and device (``GPU_CAP``, ``CPU_CAP``); a power of two leaving at least
+    Per task and device (``Task.batch_cap_gpu``, ``batch_cap_cpu``); a power of two leaving at least
     ``MIN_STEPS`` steps per epoch, but not below ``MIN_BN_BATCH`` for that; never more
     than the training set.
     """
-    cap = (GPU_CAP if gpu else CPU_CAP)[task]
+    spec = get_task(task)
+    cap = spec.batch_cap_gpu if gpu else spec.batch_cap_cpu
     per_epoch = max(MIN_BN_BATCH, pow2_floor(n_train // MIN_STEPS))
     return max(2, min(cap, per_epoch, n_train))
 
@@ -171,13 +169,12 @@ def cuda_step(
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     model = _probe_model(cfg, task, in_channels, num_classes).to(device).train()
     optimizer = _probe_optimizer(cfg, model)
+    spec = get_task(task)
 
     def step(batch: int) -> None:
         x = torch.randn(batch, in_channels, size, size, device=device)
-        shape = (batch, size, size) if task == "segment" else (batch,)
-        y = torch.randint(0, num_classes, shape, device=device)
         with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = spec.probe_loss(model, x, num_classes)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

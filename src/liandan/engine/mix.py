@@ -20,6 +20,7 @@ from torch import nn
 
 from liandan.config import AugmentConfig
 from liandan.errors import ConfigError
+from liandan.tasks import get_task
 
 
 @dataclass
@@ -87,10 +88,11 @@ def build_mixer(cfg: AugmentConfig, task: str, seed: int = 0) -> BatchMixer | No
     """
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
-    if task != "classify":
+    spec = get_task(task)
+    if not spec.mixes_labels:
         raise ConfigError(
-            "mixup and cutmix mix image labels: classification only",
+            f"mixup and cutmix mix image labels: not for {spec.title}",
             where="augment.mixup" if cfg.mixup > 0 else "augment.cutmix",
-            hint="set augment.mixup=0 and augment.cutmix=0 for segmentation",
+            hint=f"set augment.mixup=0 and augment.cutmix=0 for {spec.title}",
         )
     return BatchMixer(cfg.mixup, cfg.cutmix, seed)

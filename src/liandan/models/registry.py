@@ -30,11 +30,10 @@ from liandan.models import factories
 from liandan.models.factories import BuildRequest
 from liandan.models.transfer import apply_transfer
 from liandan.models.weights import load_weights
+from liandan.tasks import Task, get_task, task_names
 
 log = logging.getLogger("liandan")
 
-TASKS = ("classify", "segment")
-DEFAULT_ARCH = {"classify": "resnet18", "segment": "unet"}
 # shown in error messages; any other timm name works too
 FEATURED_CLASSIFIERS = (
     "lenet", "alexnet", "googlenet", "vgg11", "resnet18", "resnet50", "densenet121",
@@ -71,15 +70,15 @@ class ArchSpec:
     uses_encoder: bool = False
 
 
-_ARCHS: dict[str, dict[str, ArchSpec]] = {task: {} for task in TASKS}
-_ALIASES: dict[str, dict[str, str]] = {task: {} for task in TASKS}
+_ARCHS: dict[str, dict[str, ArchSpec]] = {}
+_ALIASES: dict[str, dict[str, str]] = {}
 
 
 def register(task: str, spec: ArchSpec, aliases: tuple[str, ...] = ()) -> None:
-    """Add an architecture to the registry of ``task`` (``classify`` or ``segment``)."""
-    _ARCHS[task][spec.name] = spec
+    """Add an architecture to the registry of ``task`` (a registered task's name)."""
+    _ARCHS.setdefault(task, {})[spec.name] = spec
     for alias in aliases:
-        _ALIASES[task][alias] = spec.name
+        _ALIASES.setdefault(task, {})[alias] = spec.name
 
 
 register(
@@ -124,26 +123,28 @@ def _timm_spec(name: str) -> ArchSpec:
     return ArchSpec(name, "timm", factories.build_timm, factories.timm_min_size(name), attention)
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}", where="task", hint="use classify or segment")
+def _task(task: str) -> Task:
+    """The registered task (a ConfigError naming the registered ones otherwise)."""
+    found = get_task(task)
+    _ARCHS.setdefault(found.name, {})
+    _ALIASES.setdefault(found.name, {})
+    return found
 
 
 def list_archs(task: str) -> list[str]:
     """Every architecture name ``model.arch`` accepts for ``task`` (canonical names).
 
     Args:
-        task: ``classify`` or ``segment``.
+        task: a registered task, e.g. ``classify`` or ``segment``.
 
     Returns:
-        Sorted names; for ``classify`` every timm model is included.
+        Sorted names; where the task takes timm classifiers (classify), every timm model.
 
     >>> "unet" in list_archs("segment")
     True
     """
-    _check_task(task)
-    names = set(_ARCHS[task])
-    if task == "classify":
+    names = set(_ARCHS[_task(task).name])
+    if get_task(task).timm_classifiers:
         names.update(timm.list_models())
     return sorted(names)
 
@@ -152,7 +153,7 @@ def resolve_arch(task: str, arch: str) -> str:
     """The canonical name of ``arch`` for ``task`` (``auto`` and aliases resolved).
 
     Args:
-        task: ``classify`` or ``segment``.
+        task: a registered task, e.g. ``classify`` or ``segment``.
         arch: a name as the user wrote it, e.g. ``UNet++`` or ``resnet18``.
 
     Returns:
@@ -164,44 +165,49 @@ def resolve_arch(task: str, arch: str) -> str:
     >>> resolve_arch("segment", "DeepLabV3+")
     'deeplabv3plus'
     """
-    _check_task(task)
+    spec_task = _task(task)
+    task = spec_task.name
     name = arch.strip()
     low = name.lower()
     if low == "auto":
-        return DEFAULT_ARCH[task]
+        return spec_task.default_arch()
     low = _ALIASES[task].get(low, low)
     if low in _ARCHS[task]:
         return low
-    if task == "classify":
+    if spec_task.timm_classifiers:
         for candidate in (name, low):  # timm names are lowercase: ResNet18 is resnet18
             if timm.is_model(candidate):
                 return candidate
-    other = "segment" if task == "classify" else "classify"
-    if (
-        low in _ARCHS[other]
-        or _ALIASES[other].get(low)
-        or (task == "segment" and timm.is_model(name))
-    ):
-        hint = (
-            f"{arch} is a classifier; for segmentation set model.arch=unet (or another "
-            f"decoder) and model.encoder={arch}"
-            if task == "segment"
-            else f"{arch} is a segmentation architecture; set task: segment"
-        )
+    owner = _owner(low, name, besides=task)
+    if owner is not None:
+        hint = spec_task.misplaced_arch_hint(arch, get_task(owner))
     else:
-        shown = list(FEATURED_CLASSIFIERS) if task == "classify" else sorted(_ARCHS[task])
+        shown = list(FEATURED_CLASSIFIERS) if spec_task.timm_classifiers else sorted(_ARCHS[task])
         candidates = list_archs(task) + list(_ALIASES[task])
         close = difflib.get_close_matches(low, candidates, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         hint += f"valid: {', '.join(shown)}"
-        if task == "classify":
+        if spec_task.timm_classifiers:
             hint += ", or any timm model (timm.list_models())"
     raise ConfigError(f"unknown {task} architecture {arch!r}", where="model.arch", hint=hint)
 
 
+def _owner(low: str, name: str, besides: str) -> str | None:
+    """Another task whose architecture ``name`` is (``low``: its lowercase form)."""
+    for other in task_names():
+        if other == besides:
+            continue
+        _task(other)
+        if low in _ARCHS[other] or low in _ALIASES[other]:
+            return other
+        if get_task(other).timm_classifiers and timm.is_model(name):
+            return other
+    return None
+
+
 def _spec(task: str, arch: str) -> ArchSpec:
     """The spec of a canonical name (a timm classifier gets one made on the fly)."""
-    return _ARCHS[task].get(arch) or _timm_spec(arch)
+    return _ARCHS.get(get_task(task).name, {}).get(arch) or _timm_spec(arch)
 
 
 def min_input_size(task: str, arch: str) -> int:
@@ -211,7 +217,7 @@ def min_input_size(task: str, arch: str) -> int:
     models (ViT) return the size they are built for without ``image_size``.
 
     Args:
-        task: ``classify`` or ``segment``.
+        task: a registered task, e.g. ``classify`` or ``segment``.
         arch: an architecture name (aliases and ``auto`` accepted).
 
     Returns:
@@ -239,7 +245,7 @@ def _check_options(spec: ArchSpec, cfg: ModelConfig, task: str) -> None:
             hint=hint,
         )
     if cfg.dropout and not spec.dropout:
-        with_dropout = [n for n, s in _ARCHS[task].items() if s.dropout]
+        with_dropout = [n for n, s in _ARCHS.get(get_task(task).name, {}).items() if s.dropout]
         raise ConfigError(
             f"{spec.name} has no dropout to set",
             where="model.dropout",
@@ -269,7 +275,7 @@ def build_model(
 
     Args:
         cfg: the ``model`` config section.
-        task: ``classify`` or ``segment``.
+        task: a registered task, e.g. ``classify`` or ``segment``.
         num_classes: number of output logits per image (classify) or pixel (segment).
         in_channels: number of input bands.
         image_size: training input side; only fixed-size timm models (ViT) use it.

@@ -41,6 +41,7 @@ from liandan.reporting.summary import (
     history_rows,
 )
 from liandan.runs import atomic_write_text, read_model_json
+from liandan.tasks import get_task
 
 if TYPE_CHECKING:
     from liandan.data.datamodule import DataBundle
@@ -121,12 +122,10 @@ def write_report(
         _metrics_section(metrics),
         _confusion_section(run, metrics, out),
     ]
-    if results.task == "segment":
-        sections.append(_segment_gallery(run, results, predictor, checked, cfg, out))
-    else:
-        sections += _classify_sections(run, results, predictor, checked, cfg, meta, out)
+    task = get_task(results.task)  # its own sections: galleries, curves
+    sections += task.report_sections(run, results, predictor, checked, cfg, meta, out)
     overall = metrics["overall"]
-    key = "mean_iou" if results.task == "segment" else "macro_f1"
+    key = task.headline
     subtitle = (
         f"{results.task} · {len(results.classes)} classes · {H.fmt(overall.get(key))} "
         f"{key.replace('_', ' ')} · accuracy {H.fmt(overall.get('accuracy'))} · "
@@ -268,14 +267,16 @@ def _confusion_section(run: Path, metrics: dict[str, Any], out: Path) -> H.Secti
     return H.Section("confusion", "confusion matrix", body)
 
 
-def _segment_gallery(
+def mask_sections(
     run: Path,
     results: SampleResults,
     predictor: Any,
     checked: CheckedDataset,
     cfg: Config,
+    meta: dict[str, Any],
     out: Path,
-) -> H.Section:
+) -> list[H.Section]:
+    """Segmentation: the validation gallery, worst images first."""
     items = gallery.segmentation_gallery(results, predictor, checked, out, bands=cfg.data.bands)
     values = [v for v in results.ious if v is not None]
     stats = ""
@@ -292,10 +293,10 @@ def _segment_gallery(
         + "".join(H.figure(i.path, i.title, i.facts, run=run) for i in items)
         + "</div>"
     )
-    return H.Section("gallery", "validation gallery", body)
+    return [H.Section("gallery", "validation gallery", body)]
 
 
-def _classify_sections(
+def label_sections(
     run: Path,
     results: SampleResults,
     predictor: Any,
@@ -304,6 +305,7 @@ def _classify_sections(
     meta: dict[str, Any],
     out: Path,
 ) -> list[H.Section]:
+    """Classification: PR and ROC curves, the most confident mistakes, CAM."""
     assert results.probs is not None and results.targets is not None
     colors = [tuple(c) for c in meta.get("colors") or []]
     plot = figures.plot_pr_roc(results.probs, results.targets, results.classes, colors, out)  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ from liandan.data.layouts import ClassSpec, Sample, find_samples
 from liandan.data.scan import CheckedDataset, MaskMapper, check_dataset
 from liandan.errors import ConfigError
 from liandan.metrics import ConfusionMatrix
-from liandan.metrics_extra import classification_extras, image_iou, segmentation_extras
+from liandan.metrics_extra import image_iou
+from liandan.tasks import get_task
 
 if TYPE_CHECKING:
     from liandan.prediction import Predictor
@@ -49,20 +50,14 @@ def rebuild_splits(
     """
     if cfg.data.root is None:
         raise ConfigError("no dataset to evaluate on", where="data.root")
-    if cfg.task in (None, "segment"):
+    if cfg.task is None or get_task(cfg.task).uses_raster_tiles:
         from liandan.data.rasters import raster_bundle
 
         bundle = raster_bundle(cfg, classes)
         if bundle is not None:
             return bundle.checked, bundle.splits
     index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
-    if index.task == "segment":
-        index.classes = classes
-    elif index.classes.names != classes.names:
-        raise ConfigError(
-            f"the dataset's classes {index.classes.names} differ from the model's {classes.names}",
-            where=cfg.data.root,
-        )
+    get_task(index.task).adopt_classes(index, classes)  # the model's, or a check
     checked = check_dataset(
         index, bands=cfg.data.bands, on_error=cfg.data.on_error, lossy_masks=cfg.data.lossy_masks
     )
@@ -142,12 +137,7 @@ class SampleResults:
 
     def extras(self) -> dict[str, Any]:
         """The extra metrics.json entries (see :mod:`liandan.metrics_extra`)."""
-        if self.task == "classify":
-            assert self.probs is not None and self.targets is not None
-            return classification_extras(
-                self.probs, self.targets, self.classes, matrix=self.confusion
-            )
-        return segmentation_extras(self.names, self.ious, self.classes, self.confusion)
+        return get_task(self.task).metric_extras(self)
 
     def losses(self) -> np.ndarray:
         """Cross-entropy of each classified sample: ``-log p(true class)``."""
@@ -177,36 +167,56 @@ def evaluate_samples(
                 hint="use liandan evaluate RUN --split val, test or all",
             )
         return raster_val.evaluate_with(predictor)  # type: ignore[no-any-return]
+    return get_task(predictor.task).evaluate_samples(predictor, checked, samples, bands)
+
+
+def evaluate_mask_samples(
+    predictor: Predictor,
+    checked: CheckedDataset,
+    samples: list[Sample],
+    bands: list[int] | None,
+) -> SampleResults:
+    """Masks: the confusion over every pixel and each image's IoU."""
     classes = checked.index.classes
     n = classes.num_classes
-    task = predictor.task
-    mapper = MaskMapper(classes) if task == "segment" else None
+    mapper = MaskMapper(classes)
     total = ConfusionMatrix(n, ignore_index=-1)
-    probs: list[np.ndarray] = []
-    targets: list[int] = []
     ious: list[float | None] = []
     for sample in samples:
         p = predictor.predict_array(load_image(checked, sample, bands), sample.image)
-        if mapper is not None:
-            truth = torch.from_numpy(truth_mask(checked, sample, mapper).astype(np.int64))
-            one = ConfusionMatrix(n, ignore_index=-1)
-            one.update(torch.from_numpy(p.argmax(0)), truth)
-            ious.append(image_iou(one.numpy()))
-            total.merge(one)
-        else:
-            assert isinstance(sample.target, int)
-            total.update(torch.tensor([int(p.argmax())]), torch.tensor([sample.target]))
-            probs.append(p.astype(np.float32))
-            targets.append(sample.target)
-    results = SampleResults(
-        task,
-        list(classes.names),
-        list(samples),
-        [sample_name(s, checked.index.root) for s in samples],
-        total.numpy(),
-        ious=ious,
+        truth = torch.from_numpy(truth_mask(checked, sample, mapper).astype(np.int64))
+        one = ConfusionMatrix(n, ignore_index=-1)
+        one.update(torch.from_numpy(p.argmax(0)), truth)
+        ious.append(image_iou(one.numpy()))
+        total.merge(one)
+    names = [sample_name(s, checked.index.root) for s in samples]
+    return SampleResults(
+        predictor.task, list(classes.names), list(samples), names, total.numpy(), ious=ious
     )
-    if task == "classify":
-        results.probs = np.stack(probs) if probs else np.zeros((0, n), np.float32)
-        results.targets = np.asarray(targets, dtype=np.int64)
+
+
+def evaluate_label_samples(
+    predictor: Predictor,
+    checked: CheckedDataset,
+    samples: list[Sample],
+    bands: list[int] | None,
+) -> SampleResults:
+    """Image labels: the confusion and each sample's class probabilities."""
+    classes = checked.index.classes
+    n = classes.num_classes
+    total = ConfusionMatrix(n, ignore_index=-1)
+    probs: list[np.ndarray] = []
+    targets: list[int] = []
+    for sample in samples:
+        p = predictor.predict_array(load_image(checked, sample, bands), sample.image)
+        assert isinstance(sample.target, int)
+        total.update(torch.tensor([int(p.argmax())]), torch.tensor([sample.target]))
+        probs.append(p.astype(np.float32))
+        targets.append(sample.target)
+    names = [sample_name(s, checked.index.root) for s in samples]
+    results = SampleResults(
+        predictor.task, list(classes.names), list(samples), names, total.numpy()
+    )
+    results.probs = np.stack(probs) if probs else np.zeros((0, n), np.float32)
+    results.targets = np.asarray(targets, dtype=np.int64)
     return results

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from liandan.data.layouts import Sample
-from liandan.data.scan import CheckedDataset, MaskMapper
+from liandan.data.scan import CheckedDataset
 from liandan.reporting.samples import truth_mask
+from liandan.tasks import get_task
 
 MAX_MASKS = 500  # masks read per split for the pixel distribution when not cached
 
@@ -41,7 +42,7 @@ def data_summary(checked: CheckedDataset, splits: dict[str, list[Sample]]) -> Da
     classes = checked.index.classes
     n = classes.num_classes
     summary = DataSummary(list(classes.names))
-    mapper = MaskMapper(classes) if checked.index.task == "segment" else None
+    mapper = get_task(checked.index.task).target_mapper(classes)  # None: image labels
     for split in ("train", "val", "test"):
         samples = splits.get(split) or []
         if not samples:

@@ -18,22 +18,35 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from liandan.config import Config
+    from liandan.config import AugmentConfig, Config, TrainConfig
+    from liandan.data.fingerprint import Fingerprint
     from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
+    from liandan.data.problems import Problem
+    from liandan.data.scan import CheckedDataset, TargetCheck
+    from liandan.planning import PlanFacts
+    from liandan.prediction import Predictor
+    from liandan.reporting.samples import SampleResults
 
 
 class Task:
     """One computer-vision task; subclasses fill in the class attributes and methods."""
 
     name: ClassVar[str]
+    title: ClassVar[str]  # the name in prose: "segmentation"
     aliases: ClassVar[tuple[str, ...]] = ()
     targets: ClassVar[str]  # what a sample's target is, in words ("masks", "image labels")
     headline: ClassVar[str]  # the metrics.json overall key that ranks runs
     default_loss: ClassVar[str]
-    # largest batch the automatic batch size picks, per device kind
-    batch_cap: ClassVar[dict[str, int]]
+    # the largest batch the automatic batch size picks on a GPU / a CPU (on a CPU,
+    # throughput stops growing at small batches while each step gets slower)
+    batch_cap_gpu: ClassVar[int]
+    batch_cap_cpu: ClassVar[int]
+    # `liandan demo --task NAME`: its config overrides, small enough for 2 CPU cores
+    demo_settings: ClassVar[tuple[str, ...]] = ()
     # mixup / cutmix mix whole-image labels; dense targets cannot be mixed that way
     mixes_labels: ClassVar[bool] = False
+    # every timm classifier is an architecture of this task (``model.arch=convnext_atto``)
+    timm_classifiers: ClassVar[bool] = False
     # large or georeferenced rasters are trained on tiles and predicted streamed
     uses_raster_tiles: ClassVar[bool] = False
 
@@ -46,18 +59,184 @@ class Task:
         """The validation metric checkpoints and early stopping follow."""
         return f"val/{self.headline}"
 
-    def default_arch(self, image_size: int) -> str:
-        """The architecture ``model.arch=auto`` resolves to."""
+    def default_arch(self, image_size: int | None = None) -> str:
+        """The architecture ``model.arch=auto`` resolves to (for inputs of ``image_size``)."""
+        raise NotImplementedError
+
+    def misplaced_arch_hint(self, arch: str, owner: Task) -> str:
+        """What to do when ``arch`` is an architecture of the task ``owner`` instead."""
+        return f"{arch} is a {owner.title} architecture; set task: {owner.name}"
+
+    def probe_loss(self, model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """A training loss of ``model`` on the batch ``x`` with random targets (memory probes)."""
         raise NotImplementedError
 
     def search_space(self) -> dict[str, Any]:
         """Task-specific entries added to the default tuning search space."""
         return {}
 
+    def make_demo(self, folder: Path) -> None:
+        """Write the embedded demo dataset (no download) into ``folder``."""
+        from liandan.errors import ConfigError
+
+        raise ConfigError(f"the {self.name} task has no demo yet", where="--task")
+
+    # ---------------------------------------------------------------------- plan
+    # ``liandan plan``'s task-specific rules, called in this order; each records its
+    # choices with ``facts.put(key, value, reason)`` (see :mod:`liandan.planning`).
+    def plan_input(self, facts: PlanFacts) -> None:
+        """Choose the training input side (``facts.size``; tiles: ``facts.tiled``)."""
+        raise NotImplementedError
+
+    def plan_model(self, facts: PlanFacts) -> int:
+        """Choose the architecture; return its training memory per input pixel (floats)."""
+        raise NotImplementedError
+
+    def plan_loss(self, facts: PlanFacts) -> None:
+        """Choose the loss and class weights from the imbalance ratio."""
+        raise NotImplementedError
+
+    def plan_orientation(self, facts: PlanFacts) -> bool:
+        """Choose flips and rotations for non-overhead data; False: the upright default."""
+        return False
+
+    def plan_scale(self, facts: PlanFacts) -> None:
+        """Choose ``augment.scale`` (nothing: the default)."""
+        return None
+
+    def plan_predict(self, facts: PlanFacts) -> None:
+        """Choose ``predict.*`` keys (nothing: the defaults)."""
+        return None
+
     # ---------------------------------------------------------------------- data
     def stratum(self, sample: Sample) -> int:
         """The group a sample is dealt from when splitting (one group: no stratification)."""
         return 0
+
+    def class_counts(self, dataset: Any, samples: list[Sample], num_classes: int) -> np.ndarray:
+        """How often each class occurs in ``samples`` (the unit is the task's: images, pixels)."""
+        raise NotImplementedError
+
+    def balance(
+        self,
+        dataset: Any,
+        samples: list[Sample],
+        num_classes: int,
+        size: int,
+        generator: torch.Generator,
+    ) -> Any:
+        """``data.sampler=balanced``: a sampler to use (or None after adjusting ``dataset``)."""
+        raise NotImplementedError
+
+    def validation_source(
+        self, dataset: Any, size: int, batch: int, wanted: int, train: TrainConfig
+    ) -> tuple[Any, int, str | None]:
+        """What validation iterates during training, its batch size, and a note (or None).
+
+        Args:
+            dataset: the validation dataset.
+            size: the training crop side.
+            batch: the training batch size; ``wanted``: the resolved ``train.batch_size``.
+            train: the ``train`` config section.
+        """
+        return dataset, wanted, None
+
+    def geometry(self, cfg: AugmentConfig, image_size: int, train: bool) -> list[Any]:
+        """The albumentations ops that bring an image (and its target) to the input size."""
+        raise NotImplementedError
+
+    def augment_sample(
+        self, dataset: Any, image: np.ndarray, sample: Sample
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """``dataset.augment`` applied to the image and its target, kept aligned.
+
+        Returns:
+            The augmented ``(H, W, C)`` image and the target as a tensor.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ scan and checks
+    def check_targets(
+        self,
+        index: DatasetIndex,
+        problems: list[tuple[Sample, str]],
+        targets: dict[Path, np.ndarray],
+        lossy: dict[Path, str],
+        blocking: list[str],
+    ) -> TargetCheck:
+        """Check the decoded targets when a dataset is loaded for training.
+
+        Args:
+            index: the dataset; its classes may be settled here (e.g. read from masks).
+            problems: per-sample problems so far; append the targets' own.
+            targets: decoded target files (mapped to class indices in place).
+            lossy: target files in a lossy format -> the format.
+            blocking: dataset problems so far (never skipped).
+        """
+        from liandan.data.scan import TargetCheck
+
+        return TargetCheck()
+
+    def target_problems(
+        self,
+        index: DatasetIndex,
+        good: list[Sample],
+        records: dict[Path, dict[str, Any]],
+        lossy_masks: str,
+        notes: list[str],
+    ) -> list[Problem]:
+        """``liandan scan``: the problems the targets' records show (``notes``: appended)."""
+        return []
+
+    def fingerprint_targets(
+        self,
+        fp: Fingerprint,
+        index: DatasetIndex,
+        good: list[Sample],
+        records: dict[Path, dict[str, Any]],
+        lossy_masks: str,
+    ) -> list[int] | None:
+        """Fill the fingerprint's classes; their frequencies, or None when not counted."""
+        raise NotImplementedError
+
+    def adopt_classes(self, index: DatasetIndex, classes: ClassSpec) -> None:
+        """Evaluating a run on data: its classes must be the model's (or are made so)."""
+        from liandan.errors import ConfigError
+
+        if index.classes.names != classes.names:
+            raise ConfigError(
+                f"the dataset's classes {index.classes.names} differ from the model's "
+                f"{classes.names}",
+                where=index.root,
+            )
+
+    # ------------------------------------------------------------- evaluation
+    def evaluate_samples(
+        self,
+        predictor: Predictor,
+        checked: CheckedDataset,
+        samples: list[Sample],
+        bands: list[int] | None,
+    ) -> SampleResults:
+        """Predict and count every sample, keeping what the report shows per sample."""
+        raise NotImplementedError
+
+    def metric_extras(self, results: SampleResults) -> dict[str, Any]:
+        """The task's extra metrics.json entries (see :mod:`liandan.metrics_extra`)."""
+        return {}
+
+    def report_sections(
+        self,
+        run: Path,
+        results: SampleResults,
+        predictor: Predictor,
+        checked: CheckedDataset,
+        cfg: Config,
+        meta: dict[str, Any],
+        out: Path,
+    ) -> list[Any]:
+        """report.html's task sections after the shared ones (``out``: the plots folder)."""
+        return []
 
     def target_mapper(self, classes: ClassSpec) -> Any:
         """What turns a stored target into class indices (None: targets are indices)."""
@@ -65,8 +244,8 @@ class Task:
 
     def prepare_classes(self, index: DatasetIndex, root: Path, ignore_index: int | None) -> None:
         """Settle ``index.classes`` from files beside the data (e.g. classes.yaml)."""
+        return None
 
     def reads_classes_yaml(self) -> bool:
         """Whether ``classes.yaml`` beside the data describes this task's targets."""
         return False
-

@@ -154,13 +154,15 @@ class DetectionMetrics:
         return float(self.stats[5])
 
     def class_ap(self, iou: float | None = None) -> np.ndarray:
-        """``(K,)`` AP of each class over IoU .50:.95, or at one threshold; -1 absent."""
+        """``(K,)`` AP of each class over IoU .50:.95, or at one of those thresholds;
+        -1 for a class without ground truth."""
         p = self.coco_precision[..., 0, -1]  # (T, R, K), area all, most detections
         if iou is not None:
-            p = p[np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))]
-        valid = (p > -1).all(axis=(0, 1))
-        mean = p.mean(axis=(0, 1)) if p.size else np.zeros(p.shape[-1])
-        return np.where(valid, mean, -1.0)
+            at = np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))
+            if not at.size:
+                raise ValueError(f"IoU {iou} is not one of .50:.05:.95")
+            p = p[at]
+        return np.where((p > -1).all(axis=(0, 1)), p.mean(axis=(0, 1)), -1.0)
 
     def _counted(self) -> np.ndarray:
         return (self.tp + self.fn) > 0
