@@ -254,6 +254,9 @@ def test_image_boxes_are_accepted_as_truth():
     preds = [Detections(np.array([[10.0, 10, 60, 60]]), np.array([0.9]), np.array([1]))]
     ours = evaluate_detections([rec], preds, 2)
     assert ours.class_ap()[0] == -1 and ours.class_ap()[1] == pytest.approx(1.0)
+    assert ours.class_ap(0.75)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"IoU 0\.52 is not one of"):
+        ours.class_ap(0.52)  # AP at a threshold never measured is refused, not zero
 
 
 def test_precision_recall_f1_and_confusion_by_hand():
