@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from liandan.config import Config
 from liandan.errors import ConfigError
-from liandan.prediction import Predictor, predict
 from liandan.predict_settings import predict_settings
+from liandan.prediction import Predictor, predict
 from liandan.runs import save_model_bundle
 from liandan.tiling import blend_weights
 from test_predict import ConvNet, meta, smooth_scene, stream_to, write_raster
@@ -55,11 +55,11 @@ def scene(tmp_path: Path) -> Path:
 
 
 class Recorder:
-    """Wraps ``Predictor._forward``: the settings each forward ran with, and batch sizes."""
+    """Wraps ``Predictor.forward_batch``: the settings each forward ran with, and batch sizes."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[dict] = []
-        forward = Predictor._forward
+        forward = Predictor.forward_batch
 
         def recorded(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
             self.calls.append(
@@ -74,7 +74,7 @@ class Recorder:
             )
             return forward(predictor, batch)
 
-        monkeypatch.setattr(Predictor, "_forward", recorded)
+        monkeypatch.setattr(Predictor, "forward_batch", recorded)
 
     def settings(self) -> dict:
         keys = ("tile", "overlap", "blend", "tta", "autocast")
@@ -150,13 +150,13 @@ def image_predictor(**kwargs: object) -> Predictor:
 
 def test_tta_averages_the_flipped_predictions_flipped_back() -> None:
     x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
-    plain = image_predictor()._forward
+    plain = image_predictor().forward_batch
     expected = (
         plain(x)
         + np.flip(plain(np.flip(x, 3).copy()), 3)  # horizontal flip, flipped back
         + np.flip(plain(np.flip(x, 2).copy()), 2)  # vertical flip
     ) / 3
-    got = image_predictor(tta=True)._forward(x)
+    got = image_predictor(tta=True).forward_batch(x)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert np.abs(got - plain(x)).max() > 1e-3  # the flips changed the prediction
 
@@ -166,8 +166,8 @@ def test_blend_weights_overlapping_tiles_as_documented() -> None:
     image = np.moveaxis(smooth_scene(np.random.default_rng(1), 3, 32, 48), 0, -1)
     base = image_predictor(tile=32)
     x = base.prepare(image)
-    left = base._forward(x[None, :, :32].transpose(0, 3, 1, 2))[0]
-    right = base._forward(x[None, :, 16:].transpose(0, 3, 1, 2))[0]
+    left = base.forward_batch(x[None, :, :32].transpose(0, 3, 1, 2))[0]
+    right = base.forward_batch(x[None, :, 16:].transpose(0, 3, 1, 2))[0]
     outputs = {}
     for mode in ("none", "hann", "gaussian"):
         got = image_predictor(tile=32, overlap=0.5, blend=mode).predict_array(image)
@@ -192,7 +192,7 @@ def test_overlap_sets_the_step_between_tiles(tmp_path: Path) -> None:
     assert seams.stats.tiles == 3  # 96 / 32, no overlap
     x = seams.prepare(image)
     for c in (0, 32, 64):  # without overlap each tile is predicted on its own
-        alone = seams._forward(x[None, :, c : c + 32].transpose(0, 3, 1, 2))[0]
+        alone = seams.forward_batch(x[None, :, c : c + 32].transpose(0, 3, 1, 2))[0]
         np.testing.assert_allclose(out[:, :, c : c + 32], alone, atol=1e-5)
     half = image_predictor(tile=32, overlap=0.5)
     blended = half.predict_array(image)

@@ -25,6 +25,7 @@ from PIL import Image
 from liandan.data.readers import IMAGE_EXTS, RASTER_EXTS
 from liandan.errors import DataError, OutputError
 from liandan.runs import atomic_write_bytes, atomic_write_text, output_files
+from liandan.tasks import get_task
 
 if TYPE_CHECKING:
     from liandan.prediction import Prediction, Predictor
@@ -38,8 +39,8 @@ GDAL_CACHE_MB = 64
 @contextlib.contextmanager
 def output_folder(
     out_dir: Path,
-    files: Sequence[Path] = (),
-    task: str = "segment",
+    files: Sequence[Path],
+    task: str,
     *,
     probs: bool = False,
     vector: str | None = None,
@@ -56,7 +57,8 @@ def output_folder(
             where=out_dir,
             hint=f"give another folder, e.g. --out {out_dir.resolve().parent / 'predictions'}",
         )
-    targets, sources = planned_outputs(files, out_dir, task, probs=probs, vector=vector)
+    # every file predict writes for the inputs, and the input each comes from
+    targets, sources = get_task(task).planned_outputs(files, out_dir, probs, vector)
     with output_files(out_dir, targets, sources=sources, inputs=files) as folder:
         yield folder
 
@@ -66,29 +68,6 @@ def _same_folder(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
     except OSError:
         return False
-
-
-def planned_outputs(
-    files: Sequence[Path], out_dir: Path, task: str, *, probs: bool, vector: str | None
-) -> tuple[list[Path], list[Path]]:
-    """Every file predict writes for ``files``, and the input each comes from."""
-    targets: list[Path] = []
-    sources: list[Path] = []
-    if task == "classify":
-        return ([out_dir / "predictions.csv"], [out_dir / "predictions.csv"]) if files else ([], [])
-    for path in files:
-        names = [f"preview/{path.stem}.png"]
-        if path.suffix.lower() in RASTER_EXTS:
-            names.append(f"{path.stem}.tif")
-            names += [f"{path.stem}_probs.tif"] if probs else []
-            names += (
-                [f"{path.stem}.{'geojson' if vector == 'geojson' else 'gpkg'}"] if vector else []
-            )
-        else:
-            names.append(f"{path.stem}.png")
-        targets += [out_dir / n for n in names]
-        sources += [path] * len(names)
-    return targets, sources
 
 
 @contextlib.contextmanager

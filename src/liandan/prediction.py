@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from liandan.data.readers import RASTER_EXTS, alpha_bands, band_indexes, read_image, valid_mask
-from liandan.data.transforms import Normalizer, eval_resize_crop
+from liandan.data.transforms import Normalizer
 from liandan.errors import DataError
 from liandan.predict_settings import (
     PRECISIONS,
@@ -30,6 +30,7 @@ from liandan.predict_settings import (
     predict_settings,
 )
 from liandan.runs import load_model
+from liandan.tasks import get_task
 from liandan.tiling import STRIDE, ReadBand, StreamStats, TileGrid, stream_tiles
 
 log = logging.getLogger("liandan")
@@ -82,6 +83,7 @@ class Predictor:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.task = meta["task"]
+        self.spec = get_task(self.task)  # what differs between tasks
         self.classes: list[str] = list(meta["classes"])
         self.values: list[int] = list(meta.get("values") or range(len(self.classes)))
         self.colors = [tuple(c) for c in meta.get("colors") or []]
@@ -122,7 +124,7 @@ class Predictor:
         return self.normalizer(image)
 
     @torch.no_grad()
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def forward_batch(self, batch: np.ndarray) -> np.ndarray:
         """``(B, C, H, W)`` normalized -> ``(B, K, H, W)`` (or ``(B, K)``) probabilities."""
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         if self.channels_last:
@@ -131,7 +133,7 @@ class Predictor:
         if self.tta:  # average over flips; each prediction is flipped back first
             for dims in ((3,), (2,)):
                 out = self._probs(torch.flip(x, dims))
-                probs += torch.flip(out, dims) if self.task == "segment" else out
+                probs += self.spec.merge_flipped(out, dims)
             probs /= 3
         return probs.cpu().numpy()
 
@@ -144,15 +146,9 @@ class Predictor:
 
     def predict_array(self, image: np.ndarray, path: Path | str = "input") -> np.ndarray:
         """Class probabilities for one raw image: ``(K, H, W)`` or ``(K,)``."""
-        if self.task == "classify":
-            # resize (and centre-crop, with augment.eval_resize) the raw image first,
-            # then normalize: the order training's validation used
-            raw = eval_resize_crop(image, self.image_size, self.meta.get("eval_resize"))
-            x = self.prepare(raw, path)
-            return self._forward(x.transpose(2, 0, 1)[None])[0]
-        return self._segment(self.prepare(image, path))
+        return self.spec.predict_array(self, image, path)
 
-    def _segment(self, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    def predict_dense(self, x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """In-memory ``(H, W, C)`` normalized -> ``(K, H, W)``: the raster stream over an array."""
         h, w = x.shape[:2]
         out = np.zeros((len(self.classes), h, w), np.float32)
@@ -176,7 +172,14 @@ class Predictor:
         self.stats = StreamStats()
         grid = TileGrid(self.tile, self.overlap, self.blend, self.batch_size)
         yield from stream_tiles(
-            read, height, width, self._forward, len(self.classes), grid, self.stats, self.on_tiles
+            read,
+            height,
+            width,
+            self.forward_batch,
+            len(self.classes),
+            grid,
+            self.stats,
+            self.on_tiles,
         )
 
     def predict_raster(
@@ -251,16 +254,15 @@ class Predictor:
     def predict_file(self, path: str | Path) -> Prediction:
         """Predict one file in memory (see :func:`predict` for rasters of any size)."""
         path = Path(path)
-        if path.suffix.lower() in RASTER_EXTS and self.task == "segment":
+        if path.suffix.lower() in RASTER_EXTS and self.spec.uses_raster_tiles:
             image, valid = _read_raster_with_mask(path, self.bands, self.meta.get("nodata"))
             x = self.prepare(image, path)
             x[~valid] = 0.0
-            probs = self._segment(x, valid)
+            probs = self.predict_dense(x, valid)
             return Prediction(path, probs, probs.argmax(0), valid)
         image = read_image(path, self.bands)
         probs = self.predict_array(image, path)
-        labels = int(probs.argmax()) if self.task == "classify" else probs.argmax(0)
-        return Prediction(path, probs, labels)
+        return Prediction(path, probs, self.spec.decide(probs))
 
     # ---------------------------------------------------------------- outputs
     @property
@@ -346,8 +348,6 @@ def predict(
         open_raster,
         output_folder,
         progress_bar,
-        write_prediction,
-        write_predictions_csv,
         write_vectors,
     )
 
@@ -373,7 +373,7 @@ def predict(
     # refuses to replace inputs or files liandan did not write; removed again if left empty
     with output_folder(Path(out), files, predictor.task, probs=probs, vector=vector) as out_dir:
         for path in files:
-            if predictor.task == "segment" and path.suffix.lower() in RASTER_EXTS:
+            if predictor.spec.uses_raster_tiles and path.suffix.lower() in RASTER_EXTS:
                 target = out_dir / f"{path.stem}.tif"
                 probs_path = out_dir / f"{path.stem}_probs.tif" if probs else None
                 with open_raster(path) as src:
@@ -387,9 +387,6 @@ def predict(
                 continue
             pred = predictor.predict_file(path)
             preds.append(pred)
-            if predictor.task == "segment":
-                written.append(write_prediction(pred, predictor, out_dir))
-        if predictor.task == "classify":
-            write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
-            written.append(out_dir / "predictions.csv")
+            written += predictor.spec.write_prediction(pred, predictor, out_dir)
+        written += predictor.spec.write_predictions(preds, predictor, out_dir)
     return PredictResult(out_dir, written, preds)

@@ -93,4 +93,4 @@ def evaluate_raster_split(
     for region in regions:
         counter = LabelCounter(tiles, region, total)
         predictor.predict_raster(region.sample.image, counter, rows=(region.top, region.bottom))
-    return SampleResults("segment", list(classes.names), [], [], total.numpy())
+    return SampleResults(predictor.task, list(classes.names), [], [], total.numpy())

@@ -300,7 +300,7 @@ class RasterTiles(Dataset):
             name = region.sample.image.name
             names.append(f"{name} rows {top}-{top + h}, columns {left}-{left + w}")
             ious.append(image_iou(one.numpy()))
-        results = SampleResults("segment", list(self.classes.names), [], names, cm.numpy())
+        results = SampleResults(predictor.task, list(self.classes.names), [], names, cm.numpy())
         results.ious, results.windows, results.reader = ious, list(self.windows), self
         return results
 

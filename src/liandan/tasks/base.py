@@ -11,6 +11,7 @@ config does) stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from liandan.data.problems import Problem
     from liandan.data.scan import CheckedDataset, TargetCheck
     from liandan.planning import PlanFacts
-    from liandan.prediction import Predictor
+    from liandan.prediction import Prediction, Predictor
     from liandan.reporting.samples import SampleResults
 
 
@@ -47,6 +48,8 @@ class Task:
     mixes_labels: ClassVar[bool] = False
     # every timm classifier is an architecture of this task (``model.arch=convnext_atto``)
     timm_classifiers: ClassVar[bool] = False
+    # exported models take any input size by default (rather than the training one)
+    dynamic_export: ClassVar[bool] = False
     # large or georeferenced rasters are trained on tiles and predicted streamed
     uses_raster_tiles: ClassVar[bool] = False
 
@@ -237,6 +240,46 @@ class Task:
     ) -> list[Any]:
         """report.html's task sections after the shared ones (``out``: the plots folder)."""
         return []
+
+    # ---------------------------------------------------------------- predict
+    def merge_flipped(self, out: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """Test-time augmentation: the prediction of a flipped input, in the input's frame."""
+        return out
+
+    def predict_array(
+        self, predictor: Predictor, image: np.ndarray, path: Path | str
+    ) -> np.ndarray:
+        """The model's output for one raw ``(H, W, C)`` image, as probabilities."""
+        raise NotImplementedError
+
+    def decide(self, probs: np.ndarray) -> Any:
+        """The prediction from the probabilities (a class, a class map)."""
+        raise NotImplementedError
+
+    def planned_outputs(
+        self, files: Sequence[Path], out_dir: Path, probs: bool, vector: str | None
+    ) -> tuple[list[Path], list[Path]]:
+        """Every file ``liandan predict`` writes for ``files``, and the input each comes from."""
+        raise NotImplementedError
+
+    def write_prediction(self, pred: Prediction, predictor: Predictor, out_dir: Path) -> list[Path]:
+        """Write one in-memory prediction's files; the paths written."""
+        return []
+
+    def write_predictions(
+        self, preds: list[Prediction], predictor: Predictor, out_dir: Path
+    ) -> list[Path]:
+        """Write what covers all the inputs (e.g. one table) once all are predicted."""
+        return []
+
+    # ----------------------------------------------------------------- export
+    def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:
+        """Input sizes an exported model is checked at against PyTorch (two, or one twice)."""
+        raise NotImplementedError
+
+    def output_axes(self, num_classes: int) -> list[str | int]:
+        """The exported output's axes, as model.json records them."""
+        raise NotImplementedError
 
     def target_mapper(self, classes: ClassSpec) -> Any:
         """What turns a stored target into class indices (None: targets are indices)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from liandan.data.layouts import DatasetIndex, Sample
     from liandan.data.scan import CheckedDataset
     from liandan.planning import PlanFacts
-    from liandan.prediction import Predictor
+    from liandan.prediction import Prediction, Predictor
     from liandan.reporting.samples import SampleResults
 
 
@@ -151,6 +152,41 @@ class Classify(Task):
         from liandan.reporting.build import label_sections
 
         return label_sections(run, results, predictor, checked, cfg, meta, out)
+
+    def predict_array(
+        self, predictor: Predictor, image: np.ndarray, path: Path | str
+    ) -> np.ndarray:
+        from liandan.data.transforms import eval_resize_crop
+
+        # resize (and centre-crop, with augment.eval_resize) the raw image first, then
+        # normalize: the order training's validation used
+        raw = eval_resize_crop(image, predictor.image_size, predictor.meta.get("eval_resize"))
+        x = predictor.prepare(raw, path)
+        return predictor.forward_batch(x.transpose(2, 0, 1)[None])[0]
+
+    def decide(self, probs: np.ndarray) -> Any:
+        return int(probs.argmax())
+
+    def planned_outputs(
+        self, files: Sequence[Path], out_dir: Path, probs: bool, vector: str | None
+    ) -> tuple[list[Path], list[Path]]:
+        table = out_dir / "predictions.csv"
+        return ([table], [table]) if files else ([], [])
+
+    def write_predictions(
+        self, preds: list[Prediction], predictor: Predictor, out_dir: Path
+    ) -> list[Path]:
+        from liandan.predict_outputs import write_predictions_csv
+
+        write_predictions_csv(preds, predictor, out_dir / "predictions.csv")
+        return [out_dir / "predictions.csv"]
+
+    def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:
+        size = int(meta.get("image_size", 224))
+        return [(size, size), (size, size)]
+
+    def output_axes(self, num_classes: int) -> list[str | int]:
+        return ["batch", num_classes]
 
     def class_counts(self, dataset: Any, samples: list[Sample], num_classes: int) -> np.ndarray:
         import numpy as np

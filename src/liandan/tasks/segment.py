@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from liandan.data.problems import Problem
     from liandan.data.scan import CheckedDataset, TargetCheck
     from liandan.planning import PlanFacts
-    from liandan.prediction import Predictor
+    from liandan.prediction import Prediction, Predictor
     from liandan.reporting.samples import SampleResults
 
 
@@ -42,6 +43,7 @@ class Segment(Task):
     batch_cap_gpu = 64
     batch_cap_cpu = 16
     uses_raster_tiles = True
+    dynamic_export = True
     demo_settings = (  # measured in the README
         "model.arch=unet",
         "model.encoder=resnet18",
@@ -224,6 +226,52 @@ class Segment(Task):
         from liandan.reporting.build import mask_sections
 
         return mask_sections(run, results, predictor, checked, cfg, meta, out)
+
+    def merge_flipped(self, out: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
+        return torch.flip(out, dims)  # class maps flip back with the image
+
+    def predict_array(
+        self, predictor: Predictor, image: np.ndarray, path: Path | str
+    ) -> np.ndarray:
+        return predictor.predict_dense(predictor.prepare(image, path))
+
+    def decide(self, probs: np.ndarray) -> Any:
+        return probs.argmax(0)
+
+    def planned_outputs(
+        self, files: Sequence[Path], out_dir: Path, probs: bool, vector: str | None
+    ) -> tuple[list[Path], list[Path]]:
+        from liandan.data.readers import RASTER_EXTS
+
+        targets: list[Path] = []
+        sources: list[Path] = []
+        for path in files:
+            names = [f"preview/{path.stem}.png"]
+            if path.suffix.lower() in RASTER_EXTS:
+                names.append(f"{path.stem}.tif")
+                names += [f"{path.stem}_probs.tif"] if probs else []
+                suffix = "geojson" if vector == "geojson" else "gpkg"
+                names += [f"{path.stem}.{suffix}"] if vector else []
+            else:
+                names.append(f"{path.stem}.png")
+            targets += [out_dir / n for n in names]
+            sources += [path] * len(names)
+        return targets, sources
+
+    def write_prediction(self, pred: Prediction, predictor: Predictor, out_dir: Path) -> list[Path]:
+        from liandan.predict_outputs import write_prediction
+
+        return [write_prediction(pred, predictor, out_dir)]
+
+    def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:
+        base = max(32, min(int(meta.get("tile_size", 256)), 128))
+        base -= base % 32
+        return [(base, base), (base + 32, base + 64)]
+
+    def output_axes(self, num_classes: int) -> list[str | int]:
+        return ["batch", num_classes, "height", "width"]
 
     def class_counts(self, dataset: Any, samples: list[Sample], num_classes: int) -> np.ndarray:
         import numpy as np
