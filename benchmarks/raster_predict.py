@@ -147,7 +147,7 @@ def child(args: argparse.Namespace) -> None:
         last.bias[1] += args.bias
     tile, overlap = args.tile, args.overlap
     predictor = Predictor(model, meta(tile), device=args.device, tile=tile, overlap=overlap)
-    predictor._forward(np.zeros((args.batch, 3, tile, tile), np.float32))  # warm-up
+    predictor.forward_batch(np.zeros((args.batch, 3, tile, tile), np.float32))  # warm-up
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the RSS now
     base = rss_mb()
     path = Path(args.raster)

@@ -188,7 +188,7 @@ def wide_scene(tmp_path: Path) -> tuple[Path, np.ndarray, Predictor, np.ndarray]
     x = predictor.prepare(np.moveaxis(image, 0, -1))
     x[~valid] = 0.0
     grid = TileGrid(32, predictor.overlap, predictor.blend)
-    expected = reference_blend(x, valid, predictor._forward, 2, grid)
+    expected = reference_blend(x, valid, predictor.forward_batch, 2, grid)
     return scene, valid, predictor, expected
 
 
