@@ -196,7 +196,7 @@ def test_bad_inputs_exit_1_with_a_message_and_no_traceback(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "img00.png" in err and "orphan.png" in err
     assert main(["train", str(data), "optim.lrr=1"]) == 1
-    assert "did you mean 'lr'" in capsys.readouterr().err
+    assert "did you mean optim.lr?" in capsys.readouterr().err
     assert main(["train", str(data), "train.epochs=many"]) == 1
     assert "train.epochs" in capsys.readouterr().err
 
@@ -254,3 +254,151 @@ def test_config_yaml_of_a_run_reproduces_it(tmp_path: Path) -> None:
     wa = load_file(str(runs / "a" / "model" / "weights.safetensors"))
     wb = load_file(str(runs / "b" / "model" / "weights.safetensors"))
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+# ---------------------------------------------------------- one command-line grammar
+class FakePredict:
+    """Stands in for liandan.prediction.predict: records its arguments, and lists the
+    inputs as the real one does (so a missing input fails as it would)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[list[Path], dict]] = []
+        monkeypatch.setattr("liandan.prediction.predict", self)
+
+    def __call__(self, run: Path, inputs: list[Path], **kwargs: object) -> object:
+        from types import SimpleNamespace
+
+        from liandan.predict_outputs import list_inputs
+
+        self.calls.append((list_inputs(inputs), kwargs))
+        return SimpleNamespace(predictions=[], out_dir=kwargs["out"])
+
+
+def test_predict_takes_predict_keys_as_key_value(tmp_path: Path, monkeypatch) -> None:
+    fake = FakePredict(monkeypatch)
+    image = save(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.png")
+    args = ["predict", str(tmp_path), str(image), "predict.tile=256", "predict.tta=true"]
+    assert main([*args, "predict.precision=32", "--overlap", "0.5"]) == 0
+    (inputs, kwargs), *_ = fake.calls
+    assert inputs == [image]
+    assert kwargs["tile"] == 256 and kwargs["tta"] is True and kwargs["precision"] == "32"
+    assert kwargs["overlap"] == 0.5 and kwargs["blend"] is None  # None: the run's own
+
+
+def test_predict_a_key_and_its_flag_together_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
+    FakePredict(monkeypatch)
+    image = save(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.png")
+    args = ["predict", str(tmp_path), str(image), "predict.tile=256", "--tile", "128"]
+    assert main(args) == 2
+
+
+def test_predict_refuses_keys_it_does_not_read_all_at_once(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    fake = FakePredict(monkeypatch)
+    image = save(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.png")
+    args = ["predict", str(tmp_path), str(image), "train.epochs=3", "tile=256", "predict.tile=9"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "train.epochs: not read by liandan predict; it reads predict.*" in err
+    assert "tile: unknown config key; did you mean predict.tile?" in err
+    assert main(["predict", str(tmp_path), str(image), "predict.tile=9"]) == 1  # below 16
+    assert "predict.tile" in capsys.readouterr().err
+    assert fake.calls == []
+
+
+def test_an_existing_file_named_key_value_is_an_input(tmp_path: Path, monkeypatch, capsys) -> None:
+    fake = FakePredict(monkeypatch)
+    image = tmp_path / "predict.tile=256"  # a PNG file named like a key
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image, format="PNG")
+    assert main(["predict", str(tmp_path), str(image)]) == 0
+    (inputs, kwargs), *_ = fake.calls
+    assert inputs == [image] and kwargs["tile"] is None
+    # a path that does not exist and is no key: the input is not found, as before
+    assert main(["predict", str(tmp_path), str(tmp_path / "old" / "x=1.png")]) == 1
+    assert "input not found" in capsys.readouterr().err
+    # a word that reads as a key but names a missing file: both are said
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(tmp_path), "scan=2.png"]) == 1
+    err = capsys.readouterr().err
+    assert "scan: unknown config key" in err and "no file named scan=2.png" in err
+
+
+def test_train_reports_every_bad_key_at_once_with_suggestions(tmp_path: Path, capsys) -> None:
+    data = make_pairs(tmp_path / "seg", n=4)
+    assert main(["train", str(data), "epochs=3", "imgsz=64", "batch=4", "lr0=0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "4 bad overrides" in err
+    for wrong, right in [
+        ("epochs", "train.epochs"),
+        ("imgsz", "data.image_size"),
+        ("batch", "train.batch_size"),
+        ("lr0", "optim.lr"),
+    ]:
+        assert f"{wrong}: unknown config key; did you mean {right}?" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_export_and_evaluate_refuse_keys_they_do_not_read(tmp_path: Path, capsys) -> None:
+    assert main(["export", str(tmp_path), "predict.tile=256"]) == 1
+    err = capsys.readouterr().err
+    assert "predict.tile: not read by liandan export" in err
+    assert main(["evaluate", str(tmp_path), "train.epochs=3"]) == 1
+    assert "train.epochs: not read by liandan evaluate" in capsys.readouterr().err
+
+
+def test_score_takes_its_data_keys_as_key_value(tmp_path: Path, capsys) -> None:
+    truth = np.zeros((8, 8), np.uint8)
+    truth[:, 4:] = 1
+    truth[0, :] = 7  # a row the ignore value covers
+    pred = truth.copy()
+    pred[0, :] = 0  # wrong only where the truth is 7
+    for folder, mask in (("truth", truth), ("pred", pred)):
+        save(mask, tmp_path / folder / "a.png")
+    words = [str(tmp_path / "pred"), str(tmp_path / "truth"), "--json"]
+    assert main(["score", *words, "data.ignore_index=7"]) == 0
+    by_key = json.loads(capsys.readouterr().out)
+    assert main(["score", *words, "--ignore-index", "7"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_key
+    assert by_key["overall"]["accuracy"] == 1.0
+    assert main(["score", *words, "data.image_size=64"]) == 1
+    assert "it reads data.ignore_index, data.nodata" in capsys.readouterr().err
+
+
+def test_print_config_prints_what_training_would_use(tmp_path: Path, monkeypatch, capsys) -> None:
+    import yaml
+
+    from liandan import api
+
+    data = make_imagefolder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(data), "train.epochs=3", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    cfg, planned = api.train_config(str(data), overrides=["train.epochs=3"])
+    assert planned is not None  # planned from the data, as `liandan train DATA` trains
+    assert printed == cfg.to_dict()
+    assert printed["train"]["epochs"] == 3 and printed["data"]["root"] == str(data.resolve())
+    assert printed["model"]["arch"] != "auto" and printed["loss"]["name"] != "auto"
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+def test_the_python_api_resolves_the_config_the_cli_does(tmp_path: Path, monkeypatch) -> None:
+    import liandan
+    from liandan import api
+    from liandan.config import Config
+
+    seen: list[dict] = []
+
+    def no_training(cfg: Config, bundle: object, run_dir: Path, **kwargs: object):
+        seen.append(cfg.to_dict())
+        return api.RunResult(run_dir, {}, cfg)  # no metrics: the CLI prints nothing
+
+    monkeypatch.setattr(api, "train_into", no_training)
+    data = make_imagefolder(tmp_path / "data")
+    liandan.train(data, overrides=["train.epochs=3"], out=tmp_path / "api")
+    assert main(["train", str(data), "train.epochs=3", "--out", str(tmp_path / "cli")]) == 0
+    from_api, from_cli = seen
+    assert from_api == from_cli
+    defaults = Config.load(None, ["train.epochs=3", f"data.root={data.resolve()}"])
+    assert from_api != defaults.to_dict()  # the plan, not the built-in defaults
+    assert (tmp_path / "api" / "train" / "plan.yaml").is_file()

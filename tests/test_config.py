@@ -138,20 +138,76 @@ def test_override_into_a_value_is_config_error() -> None:
 
 # ------------------------------------------------------------------ unknown keys
 @pytest.mark.parametrize(
-    ("override", "where", "right"),
+    ("override", "right"),
     [
-        ("optim.lrr=0.1", "optim.lrr", "lr"),
-        ("data.layuot=pairs", "data.layuot", "layout"),
-        ("modle.arch=unet", "modle", "model"),
-        ("train.epoch=3", "train.epoch", "epochs"),
+        ("optim.lrr=0.1", "optim.lr"),
+        ("data.layuot=pairs", "data.layout"),
+        ("modle.arch=unet", "model.arch"),
+        ("train.epoch=3", "train.epochs"),
+        ("epochs=3", "train.epochs"),  # a key's last part alone
+        ("image_size=64", "data.image_size"),
+        ("imgsz=64", "data.image_size"),  # Ultralytics' names
+        ("batch=4", "train.batch_size"),
+        ("lr0=0.01", "optim.lr"),
+        ("model=unet", "model.arch"),  # a section's name for its main key
     ],
 )
-def test_unknown_override_key_has_did_you_mean(override: str, where: str, right: str) -> None:
+def test_unknown_override_key_has_did_you_mean(override: str, right: str) -> None:
     with pytest.raises(ConfigError) as err:
         Config.load(None, [override])
-    assert err.value.where == where
-    assert f"did you mean {right!r}" in (err.value.hint or "")
-    assert "unknown config key" in str(err.value)
+    assert err.value.where == override.partition("=")[0]
+    assert "did you mean" in (err.value.hint or "")
+    assert right in (err.value.hint or "")
+    assert err.value.message in ("unknown config key", "model is a section, not a key")
+
+
+def test_a_leaf_name_is_suggested_never_applied() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean train\.epochs"):
+        Config.load(None, ["epochs=3"])
+
+
+def test_an_ambiguous_leaf_name_suggests_every_key_it_ends() -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.load(None, ["patience=3"])
+    assert "train.patience" in (err.value.hint or "")
+    assert "schedule.patience" in (err.value.hint or "")
+
+
+def test_every_bad_key_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        Config.load(None, ["epochs=3", "optim.lr=0.1", "imgsz=64", "nonsense", "train=3"])
+    items = "\n".join(err.value.items)
+    assert len(err.value.items) == 4
+    assert "epochs: unknown config key; did you mean train.epochs?" in items
+    assert "imgsz: unknown config key; did you mean data.image_size?" in items
+    assert "nonsense: not key=value" in items
+    assert "train: train is a section, not a key" in items
+    assert not any(item.startswith("optim.lr") for item in err.value.items)  # a good key
+
+
+def test_check_overrides_refuses_keys_outside_the_command_sections() -> None:
+    from liandan.config import check_overrides
+
+    check_overrides(["predict.tile=256"], ["predict"])  # accepted
+    with pytest.raises(ConfigError) as err:
+        check_overrides(["train.epochs=3", "tile=256"], ["predict"], command="liandan predict")
+    items = "\n".join(err.value.items)
+    assert "train.epochs: not read by liandan predict; it reads predict.*" in items
+    assert "tile: unknown config key; did you mean predict.tile?" in items
+    with pytest.raises(ConfigError) as err:  # a leaf in two sections: the accepted one
+        check_overrides(["batch_size=2"], ["predict"])
+    assert err.value.hint == "did you mean predict.batch_size?"
+    with pytest.raises(ConfigError, match="it reads no config key"):
+        check_overrides(["predict.tile=256"], [], command="liandan export")
+
+
+def test_override_values_are_typed_by_the_schema() -> None:
+    from liandan.config import override_values
+
+    values = override_values(["predict.tile=256", "predict.tta=true", "data.nodata=0"])
+    assert values == {"predict.tile": 256, "predict.tta": True, "data.nodata": 0.0}
+    with pytest.raises(ConfigError, match=r"predict\.tile"):
+        override_values(["predict.tile=8"])  # below the schema's minimum
 
 
 @pytest.mark.parametrize(
@@ -340,3 +396,11 @@ def test_docs_config_md_is_up_to_date() -> None:
     assert docs.read_text(encoding="utf-8") == out, (
         "docs/config.md is stale: run `make docs` (python -m liandan.config_reference)"
     )
+
+
+def test_a_number_is_read_as_text_where_the_key_takes_only_text() -> None:
+    cfg = Config.load(None, ["predict.precision=32", "train.precision=32", "train.budget=600"])
+    assert cfg.predict.precision == "32" and cfg.train.precision == "32"
+    assert cfg.train.budget == "600"
+    cfg = Config.load(None, ["optim.lr=1", "train.batch_size=4"])  # numbers stay numbers
+    assert cfg.optim.lr == 1.0 and cfg.train.batch_size == 4

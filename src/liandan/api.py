@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -22,6 +22,9 @@ from liandan.data.rasters import pixel_size
 from liandan.errors import CheckpointError, ConfigError
 from liandan.evaluation import evaluate_with_samples, run_config
 from liandan.runs import atomic_write_json, create_run_dir, read_model_json, save_model_bundle
+
+if TYPE_CHECKING:
+    from liandan.planning import Plan
 
 log = logging.getLogger("liandan")
 
@@ -37,15 +40,16 @@ class RunResult:
     duration_s: float = 0.0
 
 
-def resolve_auto(cfg: Config, bundle: DataBundle) -> None:
-    """Fill the ``auto`` values that depend on the data (written resolved to the run)."""
+def resolve_auto(cfg: Config, bundle: DataBundle | None = None) -> None:
+    """Fill the ``auto`` values that follow from the task and the data (written resolved
+    to the run). ``cfg.task`` must be known (``build_data`` infers it from the layout)."""
+    from liandan.tasks import get_task
+
+    task = get_task(cfg.task or "classify")
     if cfg.model.arch == "auto":
-        if cfg.task == "segment":
-            cfg.model.arch = "unet"
-        else:  # LeNet for tiny inputs (digits, 32 px), a ResNet otherwise
-            cfg.model.arch = "lenet" if cfg.data.image_size <= 64 else "resnet18"
+        cfg.model.arch = task.default_arch(cfg.data.image_size)
     if cfg.loss.name == "auto":
-        cfg.loss.name = "ce+dice" if cfg.task == "segment" else "ce"
+        cfg.loss.name = task.default_loss
     if cfg.train.monitor == "auto":
         cfg.train.monitor = cfg.resolved_monitor()
 
@@ -107,6 +111,52 @@ def _as_config(config: Config | str | Path | None, overrides: list[str] | None) 
     return Config.load(config, overrides)
 
 
+def plans_by_default(config: object, init_from: object) -> bool:
+    """Whether training starts from the data's plan when not told: without a config and
+    ``init_from`` (``liandan train DATA``: the dataset's plan, then your overrides)."""
+    return config is None and init_from is None
+
+
+def train_config(
+    data: str | Path | None = None,
+    config: Config | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    init_from: str | Path | None = None,
+    plan: bool | None = None,
+) -> tuple[Config, Plan | None]:
+    """The config ``train`` uses, and the plan it came from (None when not planned).
+
+    ``liandan train``, ``liandan train --print-config`` and :func:`train` all resolve
+    their config here, so the command line and the Python API cannot differ. ``plan``
+    None plans from the data unless a config file or ``init_from`` is given. Values
+    measured while training (``optim.lr``, ``train.batch_size`` or
+    ``train.steps_per_epoch`` set to ``auto``) stay ``auto``.
+
+    >>> cfg, plan = liandan.api.train_config("data/", overrides=["optim.lr=3e-4"])  # doctest: +SKIP
+    """
+    from liandan.config import check_overrides
+
+    check_overrides(overrides or [])  # every bad key at once, before any planning
+    if plan is None:
+        plan = plans_by_default(config, init_from)
+    planned = None
+    if plan:  # rules from the dataset fingerprint; the config file and overrides win
+        from liandan.planning import planned_config
+
+        config, planned = planned_config(data, config, overrides)
+        overrides = None
+    cfg = _as_config(config, overrides)
+    if init_from is not None:
+        _init_from(cfg, Path(init_from))
+    if data is not None:
+        # absolute, so `train --config runs/NAME/config.yaml` works from any folder
+        cfg.data.root = Path(data).resolve()
+    if cfg.task is not None:
+        resolve_auto(cfg)
+    return cfg, planned
+
+
 def train(
     data: str | Path | None = None,
     config: Config | str | Path | None = None,
@@ -115,21 +165,23 @@ def train(
     out: str | Path = "runs",
     name: str = "train",
     init_from: str | Path | None = None,
-    plan: bool = False,
+    plan: bool | None = None,
     started: float | None = None,
 ) -> RunResult:
-    """Train a model and write a run folder.
+    """Train a model and write a run folder, exactly as ``liandan train`` does.
 
     Args:
         data: the dataset folder (or set ``data.root`` in the config).
-        config: a Config, a YAML path, or None for the defaults.
+        config: a Config, a YAML path, or None.
         overrides: dotted ``key=value`` strings.
         out: parent folder of runs.
         name: run name; ``name-2``, ``name-3`` ... when it exists.
         init_from: a run folder whose weights start this training (continue on new
             data); sets ``model.weights`` to its ``model/weights.safetensors``.
         plan: start from ``liandan plan``'s config for DATA (the config file and
-            overrides win); writes plan.yaml and plan.md into the run.
+            overrides win); writes plan.yaml and plan.md into the run. None (the
+            default): plan unless ``config`` or ``init_from`` is given; False: the
+            built-in defaults.
         started: ``time.perf_counter()`` at which the budget (``train.budget``) starts
             counting; default: now (the command line passes the process's start).
 
@@ -151,18 +203,7 @@ def train(
         run_dir = shared_run_dir(out, name, launched, lambda: create_run_dir(out, name))
         cfg = follower_config(run_dir)
         return train_into(cfg, build_data(cfg), run_dir)
-    planned = None
-    if plan:  # rules from the dataset fingerprint; the config file and overrides win
-        from liandan.planning import planned_config
-
-        config, planned = planned_config(data, config, overrides)
-        overrides = None
-    cfg = _as_config(config, overrides)
-    if init_from is not None:
-        _init_from(cfg, Path(init_from))
-    if data is not None:
-        # absolute, so `train --config runs/NAME/config.yaml` works from any folder
-        cfg.data.root = Path(data).resolve()
+    cfg, planned = train_config(data, config, overrides, init_from=init_from, plan=plan)
     bundle = build_data(cfg)  # fails on bad data before a run folder is made
     # one folder per launch: announced to the other DDP processes (docs/scale.md)
     run_dir = shared_run_dir(out, name, launched, lambda: create_run_dir(out, name))

@@ -1,5 +1,9 @@
 """The command line: a thin typer shell over the Python API.
 
+One grammar for every command: positional words are paths, or ``section.key=value``
+overrides of the config sections the command reads (a path that exists wins over a
+key=value reading of it); a key the command does not read is refused, never ignored.
+
 Exit codes: 0 success; 1 a problem with the user's data, config or files (one clear
 message, no traceback unless --debug); 2 wrong usage; 130 interrupted.
 """
@@ -8,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,30 +45,81 @@ DataArgs = Annotated[
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")]
 
 
-def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+# a word KEY=VALUE is an override when KEY reads as a dotted key and no such file exists
+_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_FILE_LIKE = re.compile(r"[/\\]|\.[A-Za-z]\w{0,4}$")  # a folder or a file extension
+EVERY_KEY = None  # the sections train, lr-find, tune and demo read: all of them
+PREDICT_KEYS = ["predict"]
+SCORE_KEYS = ["data.ignore_index", "data.nodata"]
+
+
+def _is_override(word: str) -> bool:
+    key, sep, _ = word.partition("=")
+    return bool(sep) and _KEY.fullmatch(key) is not None and not Path(word).exists()
+
+
+def _words(
+    args: list[str] | None, command: str, accepts: list[str] | None, *, paths_too: bool = True
+) -> tuple[list[str], list[str]]:
+    """Split a command's positional words into paths and ``key=value`` overrides.
+
+    A path that exists wins over a key=value reading of it. Every bad override is
+    reported at once (unknown keys with did-you-mean, keys of sections ``command``
+    does not read); a path that does not exist is left to the command to report.
+    """
+    from liandan.config import check_overrides
+    from liandan.errors import ConfigError
+
+    paths: list[str] = []
+    overrides: list[str] = []
+    for word in args or []:
+        (overrides if _is_override(word) else paths).append(word)
+    try:
+        check_overrides(overrides, accepts, command=f"liandan {command}")
+    except ConfigError as exc:
+        named_files = [w for w in overrides if _FILE_LIKE.search(w)]
+        if not paths_too or not named_files:
+            raise
+        hint = f"{exc.hint}; no file named {', '.join(named_files)} exists either"
+        raise ConfigError(exc.message, where=exc.where, hint=hint, items=exc.items) from None
+    return paths, overrides
+
+
+def _data_and_overrides(
+    args: list[str] | None, command: str, accepts: list[str] | None = EVERY_KEY
+) -> tuple[str | None, list[str]]:
     """Positional words: at most one DATA folder, the rest key=value overrides."""
-    data = None
-    overrides = []
-    for arg in args or []:
-        if "=" in arg:
-            overrides.append(arg)
-        elif data is None:
-            data = arg
-        else:
-            raise UsageError(f"unexpected argument {arg!r}: DATA was already {data!r}")
-    return data, overrides
+    paths, overrides = _words(args, command, accepts)
+    if len(paths) > 1:
+        raise UsageError(
+            f"unexpected argument {paths[1]!r}: DATA was already {paths[0]!r} "
+            "(overrides are written section.key=value)"
+        )
+    return (paths[0] if paths else None), overrides
+
+
+def _task_choices() -> str:
+    from liandan.tasks import task_names
+
+    *others, last = task_names()
+    return f"{', '.join(others)} or {last}" if others else last
 
 
 @app.command()
 def demo(
-    task: Annotated[str, typer.Option(help="segment or classify")] = "segment",
+    task: Annotated[str, typer.Option(help=_task_choices())] = "segment",
     out: OutOpt = Path("runs"),
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides", metavar="[KEY=VALUE]...")
+    ] = None,
 ) -> None:
     """Train, evaluate and predict on embedded demo data (no download)."""
     from liandan.demo_run import demo as run_demo
     from liandan.runs import check_out
 
+    words, overrides = _words(args, "demo", EVERY_KEY, paths_too=False)
+    if words:
+        raise UsageError(f"unexpected argument {words[0]!r}: demo takes key=value overrides")
     check_out(out)  # before any work: --out can hold a folder
     result = run_demo(task, out=out, overrides=overrides)
     for note in result.notes:
@@ -106,25 +162,34 @@ def train(
         int | None,
         typer.Option(help="k-fold cross-validation: one run per fold in NAME/fold-K, an ensemble"),
     ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="print the config training would use (YAML) and stop"),
+    ] = False,
 ) -> None:
     """Train a model on DATA (or data.root from the config)."""
+    from liandan.api import plans_by_default, train_config
     from liandan.api import resume as run_resume
     from liandan.api import train as run_train
     from liandan.runs import check_out
 
-    data, overrides = _split_args(args)
+    data, overrides = _data_and_overrides(args, "train")
     if resume is not None:
-        if data or overrides or config or init_from or folds:
+        if data or overrides or config or init_from or folds or print_config:
             raise UsageError("--resume takes only the run folder: its config.yaml is used")
         result = run_resume(resume, unsafe_load=unsafe_load)
     else:
-        check_out(out, name)  # before any work: --out can hold a folder, --name is one
         if unsafe_load:
             overrides.append("train.unsafe_load=true")
         if budget is not None:
             overrides.append(f"train.budget={budget}")
-        if plan is None:  # `liandan train DATA`: the dataset's plan, then your overrides
-            plan = config is None and init_from is None
+        if print_config:  # the config `liandan train` would train with, nothing written
+            import yaml
+
+            cfg, _ = train_config(data, config, overrides, init_from=init_from, plan=plan)
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
+            return
+        check_out(out, name)  # before any work: --out can hold a folder, --name is one
         from liandan.engine.budget import process_start
 
         if folds is not None:  # one run per fold, pooled metrics, an ensemble
@@ -133,7 +198,8 @@ def train(
             if init_from is not None:
                 raise UsageError("--folds and --init-from cannot be combined")
             result = train_folds(
-                data, config, overrides, folds=folds, out=out, name=name, plan=plan,
+                data, config, overrides, folds=folds, out=out, name=name,
+                plan=plans_by_default(config, init_from) if plan is None else plan,
                 started=process_start(),
             )  # fmt: skip
         else:
@@ -183,7 +249,7 @@ def lr_find(
     check_out(out, name)
     if method not in ("valley", "steepest"):
         raise BadParameter("must be valley or steepest", param_hint="--method")
-    data, overrides = _split_args(args)
+    data, overrides = _data_and_overrides(args, "lr-find")
     folder, result = run_lr_find(
         data,
         config,
@@ -203,13 +269,18 @@ def lr_find(
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    data: Annotated[Path | None, typer.Argument(help="dataset (default: the run's)")] = None,
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="dataset (default: the run's)", metavar="[DATA]"),
+    ] = None,
     split: Annotated[str, typer.Option(help="val, test or all")] = "val",
     as_json: Annotated[bool, typer.Option("--json", help="print metrics.json")] = False,
 ) -> None:
-    """Evaluate a run's model on a split of its dataset."""
+    """Evaluate a run's model on a split of its dataset (with the run's predict settings)."""
     from liandan.evaluation import evaluate as run_evaluate
 
+    # no key yet: evaluation predicts with the run's config.yaml, which it reads itself
+    data, _ = _data_and_overrides(args, "evaluate", accepts=[])
     if split not in ("val", "test", "all"):
         raise BadParameter("must be val, test or all", param_hint="--split")
     metrics = run_evaluate(run, data, split=split)
@@ -222,7 +293,13 @@ def evaluate(
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    inputs: Annotated[list[Path], typer.Argument(help="images, folders or rasters")],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="images, folders or rasters, and predict.* key=value overrides",
+            metavar="INPUT... [KEY=VALUE]...",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
     # tile .. precision: None takes the run's config.yaml predict section (flags win)
     tile: Annotated[int | None, typer.Option(help="tile size for large images")] = None,
@@ -248,8 +325,10 @@ def predict(
     """Predict images or rasters with a trained run (rasters are streamed, any size).
 
     --tile, --overlap, --blend, --tta, --batch-size and --precision default to the
-    run's config.yaml (its predict section); a flag given wins.
+    run's config.yaml (its predict section); a flag given wins. predict.tile=256 (and
+    every predict.* key) is the same as --tile 256.
     """
+    from liandan.config import override_values
     from liandan.prediction import PRECISIONS
     from liandan.prediction import predict as run_predict
 
@@ -261,29 +340,40 @@ def predict(
         raise BadParameter("must be geojson or gpkg", param_hint="--vector")
     if precision not in (None, *PRECISIONS):
         raise BadParameter(f"must be one of {', '.join(PRECISIONS)}", param_hint="--precision")
+    inputs, overrides = _words(args, "predict", PREDICT_KEYS)
+    if not inputs:
+        raise UsageError("give at least one INPUT (an image, a folder or a raster)")
+    settings: dict[str, Any] = {"tile": tile, "overlap": overlap, "blend": blend, "tta": tta}
+    settings |= {"batch_size": batch_size, "precision": precision}
+    for key, value in override_values(overrides, PREDICT_KEYS).items():  # checked values
+        name = key.removeprefix("predict.")
+        if settings[name] is not None:
+            raise UsageError(f"{key} is given twice (also as --{name.replace('_', '-')})")
+        settings[name] = value
     result = run_predict(
         run,
-        inputs,
+        [Path(p) for p in inputs],
         out=out,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        tta=tta,
-        batch_size=batch_size,
-        precision=precision,
         probs=probs,
         vector=vector,
         min_area=min_area,
         cog=cog,
         progress=sys.stderr.isatty(),
+        **settings,
     )
     console.print(f"{len(result.predictions)} input(s) predicted: {q(result.out_dir)}")
 
 
 @app.command()
 def score(
-    pred: Annotated[Path, typer.Argument(help="predictions: mask folder, mask file or CSV")],
-    truth: Annotated[Path, typer.Argument(help="ground truth of the same kind")],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="PRED: predictions (mask folder, mask file or CSV); TRUTH: ground truth of "
+            "the same kind; data.ignore_index and data.nodata as key=value",
+            metavar="PRED TRUTH [KEY=VALUE]...",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print metrics.json")] = False,
     ignore_index: Annotated[int | None, typer.Option(help="truth value to ignore")] = None,
     nodata: Annotated[int | None, typer.Option(help="value meaning no data (not counted)")] = None,
@@ -293,7 +383,21 @@ def score(
     ] = None,
 ) -> None:
     """Metrics for any predictions against ground truth."""
+    from liandan.config import override_values
     from liandan.scoring import score as run_score
+
+    paths, overrides = _words(args, "score", SCORE_KEYS)
+    if len(paths) != 2:
+        raise UsageError(f"give PRED and TRUTH (got {len(paths)} path(s): {paths})")
+    pred, truth = Path(paths[0]), Path(paths[1])
+    flags: dict[str, float | None] = {"ignore_index": ignore_index, "nodata": nodata}
+    for key, value in override_values(overrides, SCORE_KEYS).items():
+        name = key.removeprefix("data.")
+        if flags[name] is not None:
+            raise UsageError(f"{key} is given twice (also as --{name.replace('_', '-')})")
+        flags[name] = value
+    ignore_index = _whole(flags["ignore_index"], "data.ignore_index")
+    nodata = _whole(flags["nodata"], "data.nodata")
 
     metrics = run_score(pred, truth, ignore_index=ignore_index, nodata=nodata, out=out)
     if as_json:
@@ -384,7 +488,7 @@ def tune_cmd(
     from liandan.tuning import tune as run_tune
 
     check_out(out, name)  # the study folder is tune-NAME
-    data, overrides = _split_args(args)
+    data, overrides = _data_and_overrides(args, "tune")
     if data is None:
         raise UsageError("give the DATA folder")
     result = run_tune(
@@ -410,6 +514,10 @@ def tune_cmd(
 @app.command("export")
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="run folder")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="no config key is read (the flags below)", metavar="[KEY=VALUE]..."),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
@@ -420,11 +528,23 @@ def export_cmd(
     """Export a run's model to ONNX or TorchScript with its model.json bundle."""
     from liandan.exporting import export as run_export
 
+    words, _ = _words(args, "export", accepts=[])  # the model bundle says everything
+    if words:
+        raise UsageError(f"unexpected argument {words[0]!r}: export takes one RUN folder")
     if format not in ("onnx", "torchscript"):
         raise BadParameter("must be onnx or torchscript", param_hint="--format")
     result = run_export(run, format, out=out, opset=opset, dynamic=dynamic)
     diffs = ", ".join(f"{k}: {v:.1e}" for k, v in result.max_abs_diff.items())
     console.print(f"exported {q(result.model_file)} (max probability difference {diffs})")
+
+
+def _whole(value: float | None, key: str) -> int | None:
+    """A mask value given as a config key (``data.nodata`` is a float there)."""
+    if value is None or float(value).is_integer():
+        return None if value is None else int(value)
+    from liandan.errors import ConfigError
+
+    raise ConfigError(f"must be a whole number to score masks (got {value})", where=key)
 
 
 def main(argv: list[str] | None = None) -> int:

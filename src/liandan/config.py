@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -250,6 +252,7 @@ class Config(Section):
         if path is not None:
             data = read_yaml(Path(path))
             source = str(path)
+        check_overrides(overrides or [])  # every bad key at once, not the first only
         for item in overrides or []:
             apply_override(data, item)
         if overrides:
@@ -316,6 +319,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         ) from None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, int | float) and _wants_text(_annotation(parts), raw.strip()):
+        value = raw.strip()  # train.precision=32 means the choice "32", not the number
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -325,22 +330,202 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def _annotation(parts: list[str]) -> Any:
+    """The type of the (valid) dotted key ``parts`` in the schema."""
+    model: Any = Config
+    for part in parts:
+        model = model.model_fields[part].annotation
+    return model
+
+
+def _wants_text(annotation: Any, text: str) -> bool:
+    """Whether a field takes ``text`` as a string but no number (``"32"`` of a choice)."""
+    union = get_origin(annotation) in (Union, UnionType)
+    options = get_args(annotation) if union else (annotation,)
+    kinds = []
+    for option in options:
+        while get_origin(option) is Annotated:  # PositiveInt and the like
+            option = get_args(option)[0]
+        kinds.append(option)
+    if any(kind in (int, float, bool) for kind in kinds):
+        return False
+    return any(
+        kind is str or (get_origin(kind) is Literal and text in get_args(kind)) for kind in kinds
+    )
+
+
 def _check_key_path(parts: list[str]) -> None:
     """Fail early, with did-you-mean, on a dotted key that is not in the schema."""
+    key = ".".join(parts)
+    problem = key_problem(key)
+    if problem is not None:
+        raise ConfigError(problem[0], where=key, hint=problem[1])
+
+
+# Other tools' names for liandan's keys (Ultralytics YOLO's, mostly): suggested, never
+# applied silently.
+KEY_ALIASES: dict[str, str] = {
+    "imgsz": "data.image_size",
+    "batch": "train.batch_size",
+    "lr0": "optim.lr",
+    "lrf": "schedule.min_lr_ratio",
+    "learning_rate": "optim.lr",
+    "optimizer": "optim.name",
+    "workers": "train.num_workers",
+    "device": "train.accelerator",
+    "amp": "train.precision",
+    "fliplr": "augment.hflip",
+    "flipud": "augment.vflip",
+    "degrees": "augment.rotate",
+    "pretrained": "model.weights",
+    "scheduler": "schedule.name",
+}
+# a section's name alone (model=unet) probably meant its main key
+SECTION_KEYS = {
+    "data": "data.root",
+    "model": "model.arch",
+    "loss": "loss.name",
+    "optim": "optim.name",
+    "schedule": "schedule.name",
+}
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of the schema, in schema order (``task``, ``data.root``, ...)."""
+
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        keys = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                keys += walk(annotation, f"{prefix}{name}.")
+            else:
+                keys.append(f"{prefix}{name}")
+        return keys
+
+    return walk(Config, "")
+
+
+def suggest_keys(key: str, accepts: Sequence[str] | None = None) -> list[str]:
+    """Keys the user may have meant by ``key``: another tool's name for it (``imgsz``),
+    the keys ending in its last part (``epochs`` -> ``train.epochs``), or close spellings.
+    Keys under ``accepts`` (sections or keys) come first when there are any."""
+    keys = config_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    aliases = {**KEY_ALIASES, **SECTION_KEYS}
+    found = [aliases[leaf]] if leaf in aliases else []
+    found += [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if not found:
+        found = difflib.get_close_matches(key, keys, n=2, cutoff=0.75)
+    if not found:
+        leaves = {k.rsplit(".", 1)[-1] for k in keys}
+        close = difflib.get_close_matches(leaf, leaves, n=2, cutoff=0.75)
+        found = [k for k in keys if k.rsplit(".", 1)[-1] in close]
+    found = list(dict.fromkeys(found))  # once each, in order
+    if accepts is not None:
+        inside = [k for k in found if key_accepted(k, accepts)]
+        found = inside or found
+    return found
+
+
+def key_accepted(key: str, accepts: Sequence[str]) -> bool:
+    """Whether ``key`` is one of ``accepts`` or inside one of its sections."""
+    return any(key == a or key.startswith(f"{a}.") for a in accepts)
+
+
+def _did_you_mean_keys(key: str, accepts: Sequence[str] | None = None) -> str:
+    close = suggest_keys(key, accepts)
+    if not close:
+        return "docs/config.md lists every key"
+    note = f" ({key} is another tool's name)" if key in KEY_ALIASES else ""
+    if accepts is not None and not any(key_accepted(k, accepts) for k in close):
+        note += " (not read by this command either)"
+    return f"did you mean {' or '.join(close)}?{note}"
+
+
+def key_problem(key: str, accepts: Sequence[str] | None = None) -> tuple[str, str] | None:
+    """What is wrong with a dotted override key, as (message, hint); None when it is one."""
     model: type[BaseModel] = Config
+    parts = key.split(".")
     for depth, part in enumerate(parts):
-        fields = model.model_fields
-        if part not in fields:
-            where = ".".join(parts[: depth + 1])
-            raise ConfigError("unknown config key", where=where, hint=_did_you_mean(part, fields))
-        annotation = fields[part].annotation
-        if depth < len(parts) - 1:
-            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                raise ConfigError(
-                    f"{'.'.join(parts[: depth + 1])} is a value, not a section",
-                    where=".".join(parts),
-                )
-            model = annotation
+        if part not in model.model_fields:
+            return "unknown config key", _did_you_mean_keys(key, accepts)
+        annotation = model.model_fields[part].annotation
+        section = annotation if isinstance(annotation, type) else None
+        if section is None or not issubclass(section, BaseModel):
+            if depth < len(parts) - 1:
+                value = ".".join(parts[: depth + 1])
+                return f"{value} is a value, not a section", f"write {value}=VALUE"
+            return None
+        model = section
+    if key in SECTION_KEYS:
+        return f"{key} is a section, not a key", f"did you mean {SECTION_KEYS[key]}?"
+    some = ", ".join(f"{key}.{name}" for name in list(model.model_fields)[:3])
+    return f"{key} is a section, not a key", f"give one of its keys: {some}, ..."
+
+
+def check_overrides(
+    items: Iterable[str], accepts: Sequence[str] | None = None, *, command: str | None = None
+) -> None:
+    """Raise one ConfigError naming every bad ``key=value`` override at once.
+
+    A bad override is not ``key=value``, names no key of the schema (the hint suggests
+    one, also from a key's last part alone or another tool's name: ``epochs``,
+    ``imgsz``), or, with ``accepts``, names a key outside the sections (or keys) a
+    command reads.
+
+    >>> check_overrides(["epochs=3"])
+    Traceback (most recent call last):
+    ...
+    liandan.errors.ConfigError: epochs: unknown config key
+    hint: did you mean train.epochs?
+    """
+    problems: list[tuple[str, str, str]] = []  # (key, message, hint)
+    for item in items:
+        key, sep, _ = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append((item, "not key=value", "write e.g. optim.lr=3e-4"))
+            continue
+        problem = key_problem(key, accepts)
+        if problem is None and accepts is not None and not key_accepted(key, accepts):
+            reads = ", ".join(f"{a}.*" if a in Config.model_fields else a for a in accepts)
+            problem = (
+                f"not read by {command or 'this command'}",
+                f"it reads {reads}" if accepts else "it reads no config key (see its --help)",
+            )
+        if problem is not None:
+            problems.append((key, *problem))
+    if len(problems) == 1:
+        key, message, hint = problems[0]
+        raise ConfigError(message, where=key, hint=hint)
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} bad overrides" + (f" for {command}" if command else ""),
+            items=[f"{key}: {message}; {hint}" for key, message, hint in problems],
+            hint="write section.key=value; docs/config.md lists every key",
+        )
+
+
+def override_values(items: list[str], accepts: Sequence[str] | None = None) -> dict[str, Any]:
+    """The value of each ``key=value`` override, checked and typed by the schema.
+
+    >>> override_values(["predict.tile=256", "predict.tta=true"], ["predict"])
+    {'predict.tile': 256, 'predict.tta': True}
+    """
+    check_overrides(items, accepts)
+    data: dict[str, Any] = {}
+    for item in items:
+        apply_override(data, item)
+    cfg = Config.from_dict(data, "the command line")
+    values = {}
+    for item in items:
+        key = item.partition("=")[0].strip()
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        values[key] = node
+    return values
 
 
 def _did_you_mean(name: str, options: Any) -> str:
