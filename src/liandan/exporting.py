@@ -15,8 +15,12 @@ stay within ``TOLERANCE`` (fp32).
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,12 @@ from liandan.runs import (
     read_model_json,
 )
 
+log = logging.getLogger(__name__)
+
 TOLERANCE = 1e-4  # max |p_export - p_eager| over class probabilities, fp32
+# The first opset the torch.export-based exporter writes natively; a lower one is
+# reached by a version conversion that can fail (it then keeps this one)
+DEFAULT_OPSET = 18
 FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
@@ -67,11 +76,40 @@ def _operator_in(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+@contextmanager
+def _exporter_output(verbose: bool) -> Iterator[None]:
+    """The exporters' own warnings and log lines: shown when ``verbose`` (the CLI's
+    ``--debug``) or when Python runs with ``-W`` options, else kept off the console;
+    the export is checked against eager PyTorch either way."""
+    if verbose or sys.warnoptions:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _export_onnx(
-    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool
-) -> None:
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
-    out_axes = axes if example.ndim == 4 and dynamic else {0: "batch"}
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    dynamic: bool,
+    verbose: bool = False,
+) -> str:
+    """Write ``path`` with PyTorch's ``torch.export``-based exporter; returns which one ran.
+
+    The TorchScript-based exporter, deprecated since PyTorch 2.9, is only the fallback
+    for a model the first cannot export (docs/deploy.md has the measurements).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     common: dict[str, Any] = {
         "model": model,
@@ -79,36 +117,43 @@ def _export_onnx(
         "f": str(tmp),
         "input_names": [INPUT_NAME],
         "output_names": [OUTPUT_NAME],
+        "opset_version": opset,
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if dynamic:
+        dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})  # type: ignore[dict-item]
+    with _exporter_output(verbose):
         try:
-            # The TorchScript-based exporter handles dynamic height/width for every smp
-            # and timm model we tried, in seconds; the torch.export-based one took ~10x
-            # longer (U-Net/MobileNetV2: 6 s against 70 s on 2 busy cores), so it is the
-            # fallback for operators the first cannot express.
+            # one self-contained file: weights inline, not in a model.onnx.data beside it
             torch.onnx.export(
-                **common,
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
-                opset_version=opset,
-                dynamo=False,
+                **common, dynamic_shapes=(dims,), dynamo=True, external_data=False, verbose=verbose
             )
+            exporter = "torch.export"
         except Exception as first:
+            axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+            out_axes = axes if example.ndim == 4 and dynamic else {0: "batch"}
             try:
-                import onnxscript  # noqa: F401
-            except ImportError:
+                torch.onnx.export(
+                    **common, dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes}, dynamo=False
+                )
+            except Exception:
                 raise first from None
-            dims = {0: torch.export.Dim("batch", min=1, max=1024)}
-            if dynamic:
-                dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})  # type: ignore[dict-item]
-            torch.onnx.export(
-                **common,
-                dynamic_shapes=(dims,),
-                opset_version=max(opset, 18),
-                dynamo=True,
-                verbose=False,
+            log.warning(
+                "the torch.export-based ONNX exporter failed (%s); exported with the "
+                "deprecated TorchScript-based one",
+                str(first).splitlines()[0][:200] if str(first) else type(first).__name__,
             )
+            exporter = "torchscript"
     tmp.replace(path)
+    return exporter
+
+
+def _written_opset(path: Path) -> int:
+    """The default-domain opset the ONNX file declares (a conversion can fall short)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _onnx_runner(path: Path):  # type: ignore[no-untyped-def]
@@ -125,8 +170,9 @@ def export(
     format: str = "onnx",
     *,
     out: str | Path | None = None,
-    opset: int = 17,
+    opset: int | None = None,
     dynamic: bool | None = None,
+    verbose: bool = False,
 ) -> ExportResult:
     """Export a run's model and write its bundle (model file + model.json).
 
@@ -134,8 +180,10 @@ def export(
         run: the run folder.
         format: ``onnx`` or ``torchscript``.
         out: output folder (default ``RUN/export-<format>``).
-        opset: ONNX opset version.
+        opset: ONNX opset version (default ``DEFAULT_OPSET``; a lower one is converted
+            to, and ``model.json`` records the opset the file really has).
         dynamic: dynamic height and width (default: on for segmentation).
+        verbose: show the exporters' own warnings and progress (the CLI's ``--debug``).
 
     >>> liandan.export("runs/train", "onnx").model_file  # doctest: +SKIP
     PosixPath('runs/train/export-onnx/model.onnx')
@@ -144,6 +192,8 @@ def export(
         raise ConfigError(
             f"unknown export format {format!r}", where="--format", hint="onnx or torchscript"
         )
+    if format == "onnx":
+        _require_onnx()  # before any work: loading the run takes a while
     run = Path(run)
     _, meta = read_model_json(run)
     if "export" in meta:
@@ -154,11 +204,30 @@ def export(
     path = out_dir / FILES[format]
     # replaces only a bundle liandan wrote there (never the run's model/model.json)
     with output_files(out_dir, [path, out_dir / "model.json"]):
-        return _export(run, format, out_dir, path, opset, dynamic)
+        return _export(run, format, out_dir, path, opset or DEFAULT_OPSET, dynamic, verbose)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "ONNX export needs the onnx, onnxruntime and onnxscript packages",
+            where="--format",
+            hint="pip install 'liandan[export]'",
+        ) from None
 
 
 def _export(
-    run: Path, format: str, out_dir: Path, path: Path, opset: int, dynamic: bool | None
+    run: Path,
+    format: str,
+    out_dir: Path,
+    path: Path,
+    opset: int,
+    dynamic: bool | None,
+    verbose: bool = False,
 ) -> ExportResult:
     model, meta = load_model(run)  # safetensors only: loading never unpickles
     model = model.float().eval()
@@ -168,27 +237,27 @@ def _export(
     bands = int(meta["in_channels"])
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(1, bands, *sizes[0], generator=gen)
+    exporter, written = "torch.jit.trace", None  # what a TorchScript bundle records
     try:
         if format == "onnx":
-            try:
-                import onnx  # noqa: F401
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                raise ConfigError(
-                    "ONNX export needs the onnx and onnxruntime packages",
-                    where="--format",
-                    hint="pip install 'liandan[export]'",
-                ) from None
             with torch.no_grad():
-                _export_onnx(model, example, path, opset, dynamic)
+                exporter = _export_onnx(model, example, path, opset, dynamic, verbose)
+            written = _written_opset(path)
+            if written != opset:
+                log.warning(
+                    "ONNX opset %d was asked, but the exporter could not convert the model "
+                    "to it: model.onnx has opset %d",
+                    opset,
+                    written,
+                )
             runner = _onnx_runner(path)
         else:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with torch.no_grad(), _exporter_output(verbose):
                 traced = torch.jit.trace(model, example, check_trace=False)
-            buffer = _save_torchscript(traced)
-            atomic_write_bytes(path, buffer)
-            loaded = torch.jit.load(str(path), map_location="cpu")
+            with _exporter_output(verbose):  # torch.jit.save/load warn they are deprecated
+                buffer = _save_torchscript(traced)
+                atomic_write_bytes(path, buffer)
+                loaded = torch.jit.load(str(path), map_location="cpu")
             runner = lambda x: loaded(x).detach().numpy()  # noqa: E731
     except (ConfigError, CheckpointError):
         raise
@@ -221,7 +290,8 @@ def _export(
         "format": format,
         "file": path.name,
         "liandan_version": _version(),
-        "opset": opset if format == "onnx" else None,
+        "opset": written,
+        "exporter": exporter,
         "dynamic": dynamic,
         "input": {
             "name": INPUT_NAME,
