@@ -2,7 +2,7 @@
 
 Curves (losses, metrics, learning rates) go to the logger ``train.logger`` names, in
 the run folder: ``tensorboard/`` event files, ``csv/metrics.csv``, or an MLflow store in
-``mlflow/`` (a SQLite file, no server). See docs/techniques.md.
+``mlflow/`` (a SQLite file, no server). See docs/reliability.md.
 
 Checkpoints go through :class:`~liandan.engine.checkpoint.AtomicCheckpointIO` (atomic
 writes, ``last-prev`` kept, ``weights_only`` loading) and are saved at the end of each
@@ -216,7 +216,7 @@ def build_logger(cfg: Config, run_dir: Path, *, fresh: bool = True) -> Logger:
 def _mlflow_logger(cfg: Config, run_dir: Path, folder: Path, *, fresh: bool) -> Logger:
     # SQLite, not a file: URI: MLflow 3 refuses its file store (in maintenance mode)
     # unless MLFLOW_ALLOW_FILE_STORE is set; SQLite needs only sqlalchemy and alembic,
-    # which optuna already brings (docs/techniques.md)
+    # which optuna already brings (docs/reliability.md)
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
     for name in ("mlflow", "alembic"):  # the database set-up's INFO lines
