@@ -375,8 +375,8 @@ def raster_rows(b: Bench, tmp: Path) -> list[Row]:
     """liandan's streamed raster prediction against the raw forward over the same tiles."""
     import rasterio
 
-    from liandan.predict import Predictor
     from liandan.predict_outputs import RasterWriter, open_raster
+    from liandan.prediction import Predictor
     from liandan.tiling import tile_starts
 
     s = b.sizes
@@ -411,7 +411,7 @@ def raster_rows(b: Bench, tmp: Path) -> list[Row]:
                 label, "liandan Predictor", dtype[predictor.autocast],
                 "channels_last" if predictor.channels_last else "NCHW", "Mpx/s",
             )  # fmt: skip
-            predictor._forward(np.zeros((s.predict_batch, 3, s.tile, s.tile), np.float32))
+            predictor.forward_batch(np.zeros((s.predict_batch, 3, s.tile, s.tile), np.float32))
             for i in range(s.raster_repeats):
                 if i and time.perf_counter() - start > 90:  # slower than sized for: stop
                     break

@@ -36,6 +36,7 @@ from liandan.runs import (
     output_files,
     read_model_json,
 )
+from liandan.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,7 @@ class ExportResult:
 
 
 def _check_sizes(meta: dict[str, Any]) -> list[tuple[int, int]]:
-    if meta["task"] == "classify":
-        size = int(meta.get("image_size", 224))
-        return [(size, size), (size, size)]
-    base = max(32, min(int(meta.get("tile_size", 256)), 128))
-    base -= base % 32
-    return [(base, base), (base + 32, base + 64)]
+    return get_task(meta["task"]).export_sizes(meta)
 
 
 def _probs(logits: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -232,7 +228,7 @@ def _export(
     model, meta = load_model(run)  # safetensors only: loading never unpickles
     model = model.float().eval()
     task = meta["task"]
-    dynamic = (task == "segment") if dynamic is None else dynamic
+    dynamic = get_task(task).dynamic_export if dynamic is None else dynamic
     sizes = _check_sizes(meta)
     bands = int(meta["in_channels"])
     gen = torch.Generator().manual_seed(0)
@@ -285,7 +281,7 @@ def _export(
                 where=str(path),
                 hint="report this model/format combination; use the other format meanwhile",
             )
-    shape_out = ["batch", len(meta["classes"])] + (["height", "width"] if task == "segment" else [])
+    shape_out = get_task(task).output_axes(len(meta["classes"]))
     meta["export"] = {
         "format": format,
         "file": path.name,

@@ -157,6 +157,7 @@ def find_lr(
     method: str = "valley",
     seed: int = 0,
     device: torch.device | str | None = None,
+    batch_loss: Callable[[nn.Module, nn.Module, torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> LRFindResult:
     """Run the exponential learning-rate range test; the model comes back unchanged.
 
@@ -173,6 +174,9 @@ def find_lr(
         method: ``valley`` or ``steepest``.
         seed: seeds torch for the test; the generators are restored afterwards.
         device: where to run; the model's own device when None.
+        batch_loss: ``(model, criterion, x, y) -> loss`` (a task's
+            :meth:`~liandan.tasks.base.Task.batch_loss`); ``criterion(model(x), y)``
+            when None.
 
     Returns:
         The curve and the suggested learning rate (always one of the tested ones).
@@ -188,6 +192,8 @@ def find_lr(
             f"(got {start_lr}, {end_lr}, {steps})",
             hint="e.g. --start-lr 1e-7 --end-lr 10 --steps 100",
         )
+    from lightning.pytorch.utilities import move_data_to_device
+
     rng = _rng_state(loader)
     saved = copy.deepcopy(model.state_dict())
     was_training = model.training
@@ -211,9 +217,12 @@ def find_lr(
             for group, mult in zip(optimizer.param_groups, mults, strict=True):
                 group["lr"] = lr * mult
             x, y = next(batches)
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device), move_data_to_device(y, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(x), y)
+            if batch_loss is not None:
+                loss = batch_loss(model, criterion, x, y)
+            else:
+                loss = criterion(model(x), y)
             value = float(loss.detach())
             if not math.isfinite(value):
                 diverged = True
@@ -337,6 +346,7 @@ def lr_find_for_config(
             method=method,
             seed=cfg.train.seed,
             device="cuda" if use_gpu else "cpu",
+            batch_loss=task.spec.batch_loss,
         )
     finally:
         _set_rng_state(bundle.train_loader, rng)

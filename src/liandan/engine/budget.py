@@ -118,6 +118,8 @@ def time_probe(
         scratch: a folder where a checkpoint of the model's size is written and timed
             (``ckpt_s``: weights, AdamW's two moments, fsync); not timed when None.
     """
+    from lightning.pytorch.utilities import move_data_to_device
+
     from liandan.engine.task import LiandanTask
     from liandan.lr_find import _rng_state, _set_rng_state
 
@@ -127,6 +129,7 @@ def time_probe(
         use_gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu")
         device = torch.device("cuda" if use_gpu else "cpu")
         model, criterion = task.model.to(device), task.criterion.to(device)
+        spec = task.spec
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def sync() -> None:
@@ -143,7 +146,7 @@ def time_probe(
                 batches = iter(bundle.train_loader)
                 x, y = next(batches)
             start = time.perf_counter()
-            loss = criterion(model(x.to(device)), y.to(device))
+            loss = spec.batch_loss(model, criterion, x.to(device), move_data_to_device(y, device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -15,10 +15,9 @@ import torch
 from liandan.config import Config
 from liandan.engine.doctor import skip_scheduler_step
 from liandan.engine.mix import build_mixer
-from liandan.losses import build_loss
-from liandan.metrics import ConfusionMatrix, compute_metrics
 from liandan.models import build_model, encoder_parameters, set_frozen_norms_eval
 from liandan.optim import ModelEMA, build_optimizer, build_scheduler
+from liandan.tasks import get_task
 
 IGNORE = -1  # internal ignore value of masks (raw ignore values are mapped to it)
 
@@ -46,19 +45,16 @@ class LiandanTask(L.LightningModule):
         self.num_classes = len(class_names)
         self.in_channels = in_channels
         self.task = str(cfg.task)
+        self.spec = get_task(self.task)  # what differs between tasks: loss, validation
         self.model = self.configure_model_parts()
-        self.criterion = build_loss(
-            cfg.loss,
-            task=self.task,
-            num_classes=self.num_classes,
-            ignore_index=IGNORE,
-            class_weights=class_weights,
+        self.criterion = self.spec.build_criterion(
+            cfg.loss, self.num_classes, ignore_index=IGNORE, class_weights=class_weights
         )
         # a submodule: .to(), precision and channels-last move it with the model, and
         # checkpoints hold it in the state dict (ema.module.*, ema.num_updates)
         self.ema: ModelEMA | None = ModelEMA(self.model, cfg.optim.ema) if cfg.optim.ema else None
         self.mixer = build_mixer(cfg.augment, self.task, cfg.train.seed)  # mixup / cutmix
-        self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE)
+        self.val_cm = self.spec.validation_meter(self.num_classes, IGNORE, None)
         self.last_val_metrics: dict[str, Any] | None = None
         self.val_confusion: torch.Tensor | None = None  # (C, C) of the last validation
 
@@ -109,7 +105,7 @@ class LiandanTask(L.LightningModule):
             mixed = self.mixer(x, y)
             loss = mixed.loss(self.criterion, self.model(mixed.x))
         else:
-            loss = self.criterion(self.model(x), y)
+            loss = self.spec.batch_loss(self.model, self.criterion, x, y)
         self.log(
             "train/loss",
             loss,
@@ -138,9 +134,8 @@ class LiandanTask(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self.eval_model()(x)
-        loss = self.criterion(logits, y)
-        if math.isfinite(float(loss)):
+        loss = self.spec.validate_batch(self.eval_model(), self.criterion, x, y, self.val_cm)
+        if loss is not None and math.isfinite(float(loss)):
             self.log(
                 "val/loss",
                 loss,
@@ -149,26 +144,19 @@ class LiandanTask(L.LightningModule):
                 batch_size=x.shape[0],
                 sync_dist=self.distributed,
             )
-        self.val_cm.update(logits.argmax(1), y)
 
     def on_validation_epoch_start(self) -> None:
-        self.val_cm.reset()
-        self.val_cm = ConfusionMatrix(self.num_classes, ignore_index=IGNORE, device=self.device)
+        self.val_cm = self.spec.validation_meter(self.num_classes, IGNORE, self.device)
 
     def on_validation_epoch_end(self) -> None:
-        matrix = self.val_cm.matrix
-        if self.distributed:  # one confusion matrix summed over ranks
-            # each rank counted its own share of the validation samples, each sample once
-            # (data.samplers.EvalShardSampler); (world, C, C) -> (C, C)
-            gathered = self.all_gather(matrix)
-            assert isinstance(gathered, torch.Tensor)
-            matrix = gathered.sum(0)
-        self.val_confusion = matrix.detach().cpu()
-        metrics = compute_metrics(
-            matrix.cpu().numpy(), self.class_names, task=self.task, split="val"
+        # under DDP each rank counted its own share of the validation samples, each
+        # sample once (data.samplers.EvalShardSampler); the task sums them
+        gather = self.all_gather if self.distributed else None
+        metrics, self.val_confusion = self.spec.validation_metrics(
+            self.val_cm, self.class_names, gather
         )
         self.last_val_metrics = metrics
-        for key in ("accuracy", "balanced_accuracy", "kappa", "macro_f1", "mean_iou"):
+        for key in self.spec.logged_metrics:
             value = metrics["overall"].get(key)
             # undefined (null) metrics are logged as NaN for the curves, never as 0
             self.log(

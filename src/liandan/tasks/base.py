@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from liandan.config import AugmentConfig, Config, TrainConfig
+    from liandan.config import AugmentConfig, Config, LossConfig, TrainConfig
     from liandan.data.fingerprint import Fingerprint
     from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
     from liandan.data.problems import Problem
@@ -83,6 +83,82 @@ class Task:
         from liandan.errors import ConfigError
 
         raise ConfigError(f"the {self.name} task has no demo yet", where="--task")
+
+    # ------------------------------------------------------------------ training
+    # The defaults serve networks that map images to class logits, trained with a loss
+    # of (logits, target) and validated with a confusion matrix (classify, segment).
+    # the validation metrics logged each epoch (metrics.json "overall" keys)
+    logged_metrics: ClassVar[tuple[str, ...]] = (
+        "accuracy",
+        "balanced_accuracy",
+        "kappa",
+        "macro_f1",
+        "mean_iou",
+    )
+
+    def build_criterion(
+        self,
+        cfg: LossConfig,
+        num_classes: int,
+        *,
+        ignore_index: int,
+        class_weights: torch.Tensor | None,
+    ) -> torch.nn.Module:
+        """The training loss (``loss.*``); a module, so that it moves with the model."""
+        from liandan.losses import build_loss
+
+        return build_loss(
+            cfg,
+            task=self.name,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            class_weights=class_weights,
+        )
+
+    def batch_loss(
+        self, model: torch.nn.Module, criterion: torch.nn.Module, x: torch.Tensor, y: Any
+    ) -> torch.Tensor:
+        """The training loss of ``model`` on one batch."""
+        return criterion(model(x), y)  # type: ignore[no-any-return]
+
+    def validation_meter(self, num_classes: int, ignore_index: int, device: Any) -> Any:
+        """A fresh accumulator of one validation pass (moved to ``device`` when given)."""
+        from liandan.metrics import ConfusionMatrix
+
+        return ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+
+    def validate_batch(
+        self,
+        model: torch.nn.Module,
+        criterion: torch.nn.Module,
+        x: torch.Tensor,
+        y: Any,
+        meter: Any,
+    ) -> torch.Tensor | None:
+        """Count one validation batch into ``meter``; its loss (None: not computed)."""
+        logits = model(x)
+        meter.update(logits.argmax(1), y)
+        return criterion(logits, y)  # type: ignore[no-any-return]
+
+    def validation_metrics(
+        self, meter: Any, class_names: list[str], gather: Any = None
+    ) -> tuple[dict[str, Any], Any]:
+        """metrics.json's dict of a validation pass, and the state checkpoints keep.
+
+        Args:
+            meter: the pass's accumulator (see :meth:`validation_meter`).
+            class_names: one name per class.
+            gather: ``LightningModule.all_gather`` when several processes validated
+                their shares of the samples, else None.
+        """
+        from liandan.metrics import compute_metrics
+
+        matrix = meter.matrix
+        if gather is not None:  # (world, C, C) -> (C, C): one matrix over all ranks
+            matrix = gather(matrix).sum(0)
+        matrix = matrix.detach().cpu()
+        metrics = compute_metrics(matrix.numpy(), class_names, task=self.name, split="val")
+        return metrics, matrix
 
     # ---------------------------------------------------------------------- plan
     # ``liandan plan``'s task-specific rules, called in this order; each records its
