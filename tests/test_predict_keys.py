@@ -253,3 +253,25 @@ def test_evaluate_and_report_predict_with_every_key_of_the_run(
             write_report(run, {"task": "segment", "classes": ["a", "b"], "overall": {}})
     assert seen["tta"] is True and seen["blend"] == "hann"
     assert seen["batch_size"] == 3 and seen["overlap"] == 0.5
+
+
+def test_evaluate_takes_predict_keys_over_the_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``liandan evaluate RUN predict.tta=true``: the key reaches the predictor (it was
+    refused, the one command without key=value)."""
+    from liandan.cli import main
+
+    run = make_run(tmp_path / "run", 3)
+    Config.load(None, [f"data.root={tmp_path}", "predict.batch_size=2"]).save(run / "config.yaml")
+    seen: dict[str, object] = {}
+
+    def from_run(cls, path, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs)
+        raise RuntimeError("stop")  # evaluate ends here, once the predictor is built
+
+    monkeypatch.setattr(Predictor, "from_run", classmethod(from_run))
+    with pytest.raises(RuntimeError, match="stop"):
+        main(["evaluate", str(run), "predict.tta=true", "predict.overlap=0.5"])
+    assert seen["tta"] is True and seen["overlap"] == 0.5
+    assert seen["batch_size"] == 2  # the run's own key stays

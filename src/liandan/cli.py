@@ -271,7 +271,10 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder")],
     args: Annotated[
         list[str] | None,
-        typer.Argument(help="dataset (default: the run's)", metavar="[DATA]"),
+        typer.Argument(
+            help="dataset (default: the run's), and predict.* key=value overrides",
+            metavar="[DATA] [KEY=VALUE]...",
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="val, test or all")] = "val",
     as_json: Annotated[bool, typer.Option("--json", help="print metrics.json")] = False,
@@ -279,11 +282,11 @@ def evaluate(
     """Evaluate a run's model on a split of its dataset (with the run's predict settings)."""
     from liandan.evaluation import evaluate as run_evaluate
 
-    # no key yet: evaluation predicts with the run's config.yaml, which it reads itself
-    data, _ = _data_and_overrides(args, "evaluate", accepts=[])
+    # predict.* keys over the run's own predict settings (config.yaml)
+    data, overrides = _data_and_overrides(args, "evaluate", accepts=["predict"])
     if split not in ("val", "test", "all"):
         raise BadParameter("must be val, test or all", param_hint="--split")
-    metrics = run_evaluate(run, data, split=split)
+    metrics = run_evaluate(run, data, split=split, overrides=overrides)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -32,17 +32,22 @@ def evaluate(
     *,
     split: str = "val",
     write: bool = True,
+    overrides: list[str] | None = None,
     _bundle: DataBundle | None = None,
 ) -> dict[str, Any]:
     """Score a run's model on a split of its dataset (or of another dataset).
 
     Writes ``metrics.json`` for the validation split and ``metrics_<split>.json``
-    otherwise, never replacing another split's file.
+    otherwise, never replacing another split's file. ``overrides`` are ``predict.*``
+    ``key=value`` strings applied over the run's predict settings (e.g.
+    ``predict.tta=true``), as ``liandan evaluate RUN predict.tta=true`` gives them.
 
     >>> liandan.evaluate("runs/train", split="test")["overall"]["accuracy"]  # doctest: +SKIP
     0.93
     """
-    return evaluate_with_samples(run, data, split=split, write=write, bundle=_bundle)[0]
+    return evaluate_with_samples(
+        run, data, split=split, write=write, bundle=_bundle, overrides=overrides
+    )[0]
 
 
 def evaluate_with_samples(
@@ -52,6 +57,7 @@ def evaluate_with_samples(
     split: str,
     write: bool,
     bundle: DataBundle | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[dict[str, Any], SampleResults]:
     """``evaluate``, also returning the per-sample results (the report's galleries)."""
     from liandan.metrics_extra import add_extras
@@ -66,6 +72,10 @@ def evaluate_with_samples(
     run = Path(run)
     _, meta = read_model_json(run)
     cfg = run_config(run)
+    if overrides:  # predict.* keys over the run's own
+        cfg = Config.from_dict(
+            _with_overrides(cfg.to_dict(), overrides), "the run's config with overrides"
+        )
     if data is not None:
         cfg.data.root = Path(data)
     classes = classes_from_meta(meta)
@@ -100,3 +110,11 @@ def evaluate_with_samples(
         name = "metrics.json" if split == "val" else f"metrics_{split}.json"
         atomic_write_json(run / name, metrics)
     return metrics, results
+
+
+def _with_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    from liandan.config import apply_override
+
+    for item in overrides:
+        apply_override(data, item)
+    return data
