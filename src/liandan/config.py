@@ -265,7 +265,7 @@ class Config(Section):
 
     def save(self, path: str | Path) -> None:
         """Write the config as YAML."""
-        from liandan.runs import atomic_write_text
+        from liandan.atomic import atomic_write_text
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
         atomic_write_text(Path(path), text)

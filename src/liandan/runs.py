@@ -14,40 +14,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# run files are written by the one atomic writer, re-exported here for its callers
+from liandan.atomic import atomic_write_bytes as atomic_write_bytes
+from liandan.atomic import atomic_write_json as atomic_write_json
+from liandan.atomic import atomic_write_text as atomic_write_text
 from liandan.errors import CheckpointError, OutputError
 
 MODEL_FORMAT_VERSION = 1
 OUTPUTS_MANIFEST = ".liandan-outputs.json"  # the files liandan wrote into an output folder
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def check_run_name(name: str, where: str = "--name") -> str:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,83 +27,14 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
+# checkpoints are written by the one atomic writer, re-exported here for its callers
+from liandan.atomic import TMP_SUFFIX as TMP_SUFFIX
+from liandan.atomic import WRITE_DELAY_ENV as WRITE_DELAY_ENV
+from liandan.atomic import previous_path as previous_path
+from liandan.atomic import write_atomic as write_atomic
 from liandan.errors import CheckpointError
 
 log = logging.getLogger("liandan")
-
-TMP_SUFFIX = ".tmp"
-CHUNK = 1 << 16  # bytes written between fsync-free chunks (and test delays)
-# Test-only: seconds to sleep between chunks, so a test can kill a process mid-write.
-WRITE_DELAY_ENV = "LIANDAN_TEST_CKPT_WRITE_DELAY"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the folder entry (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def previous_path(path: Path) -> Path:
-    """``last.ckpt`` -> ``last-prev.ckpt``: where the previous ``last`` is kept."""
-    return path.with_name(f"{path.stem}-prev{path.suffix}")
-
-
-def write_atomic(path: Path, data: bytes, *, keep_previous: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename.
-
-    With ``keep_previous``, an existing ``path`` is first hard-linked (or copied) to
-    ``<stem>-prev<suffix>`` so that the previous version survives until the new one is
-    complete and renamed into place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for start in range(0, len(data), CHUNK):
-                fh.write(data[start : start + CHUNK])
-                if delay:
-                    fh.flush()
-                    time.sleep(delay)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files follow the umask
-        if keep_previous and path.is_file():
-            prev = previous_path(path)
-            fd2, link_name = tempfile.mkstemp(
-                dir=path.parent, prefix=f".{prev.name}.", suffix=TMP_SUFFIX
-            )
-            os.close(fd2)
-            link = Path(link_name)
-            link.unlink()
-            try:
-                os.link(path, link)  # same inode: no copy, complete by construction
-            except OSError:  # filesystems without hard links: copy, then fsync
-                link.write_bytes(path.read_bytes())
-            os.replace(link, prev)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def clean_temporary(folder: Path) -> list[Path]:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from liandan.atomic import atomic_write_bytes
 from liandan.data.datasets import load_image
 from liandan.data.scan import CheckedDataset, MaskMapper
 from liandan.reporting.samples import SampleResults, truth_mask
@@ -98,7 +99,7 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
-    path.write_bytes(buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
