@@ -302,7 +302,9 @@ def train_into(
         return trainer, task
 
     # out of memory in the first epoch: half the batch, at most 3 times (saved in config.yaml)
-    trainer, task = fit_retrying_oom(fit, cfg, bundle, run_dir, resuming=ckpt_path is not None)
+    trainer, task = fit_retrying_oom(
+        fit, cfg, bundle, run_dir, rebuild=build_data, resuming=ckpt_path is not None
+    )
     if not trainer.is_global_zero:  # torchrun / SLURM rank > 0: rank 0 exports and reports
         return RunResult(run_dir, {}, cfg, list(bundle.notes), time.perf_counter() - start)
     # Export the best epoch's weights, or the last ones (train.export; EMA ones when

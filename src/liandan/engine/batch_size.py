@@ -340,20 +340,19 @@ def fit_retrying_oom(
     bundle: DataBundle,
     run_dir: Path,
     *,
+    rebuild: Callable[[Config], DataBundle],
     resuming: bool = False,
 ) -> T:
     """Run ``attempt`` (one ``trainer.fit``); on out-of-memory in the first epoch, halve.
 
     Each retry sets ``train.batch_size`` to half, rebuilds the loaders of ``bundle``
-    (exactly as a new run with that batch would), reseeds, removes the failed
+    with ``rebuild`` (``build_data``: exactly as a new run with that batch would), reseeds, removes the failed
     attempt's TensorBoard events and saves ``config.yaml``; ``attempt`` must build a
     fresh model and Trainer. After :data:`MAX_RETRIES` retries, or an out-of-memory
     error after the first checkpoint (or when resuming), training stops with a
     :class:`~liandan.errors.TrainingStopped` that says what to change.
     """
     import lightning as L
-
-    from liandan.data.datamodule import build_data
 
     size = cfg.data.tile_size if _is_raster(bundle) else cfg.data.image_size
     retries = 0
@@ -375,7 +374,7 @@ def fit_retrying_oom(
         half = batch // 2
         log.warning("out of memory at batch %d: retrying with %d", batch, half)
         cfg.train.batch_size = half
-        fresh = build_data(cfg)
+        fresh = rebuild(cfg)
         bundle.train_loader, bundle.val_loader = fresh.train_loader, fresh.val_loader
         note = f"out of memory at batch {batch}: retried with {half}"
         bundle.notes.append(note)
