@@ -402,3 +402,24 @@ def test_the_python_api_resolves_the_config_the_cli_does(tmp_path: Path, monkeyp
     defaults = Config.load(None, ["train.epochs=3", f"data.root={data.resolve()}"])
     assert from_api != defaults.to_dict()  # the plan, not the built-in defaults
     assert (tmp_path / "api" / "train" / "plan.yaml").is_file()
+
+
+def test_export_defaults_to_the_exporters_opset_and_debug_shows_its_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI asked for opset 17 (converted down from 18, which fails for some models)
+    and never passed --debug on to the exporter."""
+    import liandan.exporting as exporting
+
+    seen: list[dict] = []
+
+    def fake(run, format, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(exporting, "export", fake)
+    for argv in (["export", str(tmp_path)], ["export", str(tmp_path), "--debug"]):
+        with pytest.raises(RuntimeError, match="stop"):
+            main(argv)
+    assert seen[0]["opset"] is None and seen[0]["verbose"] is False
+    assert seen[1]["verbose"] is True

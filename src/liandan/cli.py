@@ -523,7 +523,9 @@ def export_cmd(
     ] = None,
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    opset: Annotated[
+        int | None, typer.Option(help="ONNX opset (default: the exporter's, 18)")
+    ] = None,
     dynamic: Annotated[
         bool | None, typer.Option("--dynamic/--static", help="dynamic height/width")
     ] = None,
@@ -536,7 +538,8 @@ def export_cmd(
         raise UsageError(f"unexpected argument {words[0]!r}: export takes one RUN folder")
     if format not in ("onnx", "torchscript"):
         raise BadParameter("must be onnx or torchscript", param_hint="--format")
-    result = run_export(run, format, out=out, opset=opset, dynamic=dynamic)
+    # --debug shows the exporters' own warnings and progress
+    result = run_export(run, format, out=out, opset=opset, dynamic=dynamic, verbose=_DEBUG[0])
     diffs = ", ".join(f"{k}: {v:.1e}" for k, v in result.max_abs_diff.items())
     console.print(f"exported {q(result.model_file)} (max probability difference {diffs})")
 
@@ -550,11 +553,15 @@ def _whole(value: float | None, key: str) -> int | None:
     raise ConfigError(f"must be a whole number to score masks (got {value})", where=key)
 
 
+_DEBUG = [False]  # --debug of the running command (main strips it from the arguments)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and maps errors to exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    _DEBUG[0] = debug
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not debug:  # GDAL's own lines on a damaged file come before liandan's clearer error
         logging.getLogger("rasterio").setLevel(logging.WARNING)
