@@ -107,3 +107,4 @@ def test_mlflow_missing_is_a_config_error_with_the_install_hint(
     err = capsys.readouterr().err
     assert "train.logger=mlflow needs the mlflow package" in err
     assert "pip install 'liandan[mlflow]'" in err  # the extra's brackets printed as they are
+    assert not (tmp_path / "r").exists()  # refused before any data or run folder

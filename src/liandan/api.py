@@ -195,6 +195,7 @@ def train(
         release_run_dir,
         shared_run_dir,
     )
+    from liandan.engine.trainer import check_logger
 
     # train.budget covers the whole command
     command_start = time.perf_counter() if started is None else started
@@ -204,6 +205,7 @@ def train(
         cfg = follower_config(run_dir)
         return train_into(cfg, build_data(cfg), run_dir)
     cfg, planned = train_config(data, config, overrides, init_from=init_from, plan=plan)
+    check_logger(cfg)  # a missing logger package: refused before loading any data
     bundle = build_data(cfg)  # fails on bad data before a run folder is made
     # one folder per launch: announced to the other DDP processes (docs/scale.md)
     run_dir = shared_run_dir(out, name, launched, lambda: create_run_dir(out, name))
