@@ -275,3 +275,14 @@ def test_evaluate_takes_predict_keys_over_the_runs(
         main(["evaluate", str(run), "predict.tta=true", "predict.overlap=0.5"])
     assert seen["tta"] is True and seen["overlap"] == 0.5
     assert seen["batch_size"] == 2  # the run's own key stays
+
+
+def test_evaluate_in_python_refuses_keys_it_does_not_read(tmp_path: Path) -> None:
+    """A data.* key would change what is evaluated without the CLI's check: refused."""
+    from liandan.errors import ConfigError
+    from liandan.evaluation import evaluate
+
+    run = make_run(tmp_path / "run", 3)
+    Config.load(None, [f"data.root={tmp_path}"]).save(run / "config.yaml")
+    with pytest.raises(ConfigError, match=r"data\.val_fraction: not read by liandan evaluate"):
+        evaluate(run, overrides=["data.val_fraction=0.5"])

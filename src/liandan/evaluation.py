@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from liandan.config import Config
+from liandan.config import Config, check_overrides
 from liandan.data.datamodule import DataBundle
 from liandan.errors import CheckpointError
 from liandan.metrics import compute_metrics
@@ -18,12 +18,12 @@ from liandan.runs import atomic_write_json, read_model_json
 from liandan.tasks import get_task
 
 
-def run_config(run: Path) -> Config:
-    """A run folder's resolved ``config.yaml``."""
+def run_config(run: Path, overrides: list[str] | None = None) -> Config:
+    """A run folder's resolved ``config.yaml`` (with ``key=value`` overrides applied)."""
     path = run / "config.yaml"
     if not path.is_file():
         raise CheckpointError("config.yaml is missing from the run", where=run)
-    return Config.load(path)
+    return Config.load(path, overrides)
 
 
 def evaluate(
@@ -71,11 +71,9 @@ def evaluate_with_samples(
 
     run = Path(run)
     _, meta = read_model_json(run)
-    cfg = run_config(run)
-    if overrides:  # predict.* keys over the run's own
-        cfg = Config.from_dict(
-            _with_overrides(cfg.to_dict(), overrides), "the run's config with overrides"
-        )
+    # predict.* keys over the run's own; any other key is refused, as on the CLI
+    check_overrides(overrides or [], ["predict"], command="liandan evaluate")
+    cfg = run_config(run, overrides)
     if data is not None:
         cfg.data.root = Path(data)
     classes = classes_from_meta(meta)
@@ -110,11 +108,3 @@ def evaluate_with_samples(
         name = "metrics.json" if split == "val" else f"metrics_{split}.json"
         atomic_write_json(run / name, metrics)
     return metrics, results
-
-
-def _with_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    from liandan.config import apply_override
-
-    for item in overrides:
-        apply_override(data, item)
-    return data
