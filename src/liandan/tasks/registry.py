@@ -26,9 +26,7 @@ def register_task(task: Task) -> Task:
 
 
 def _load_builtins() -> None:
-    if all(name.rsplit(".", 1)[1] in _TASKS for name in BUILTIN):
-        return
-    for module in BUILTIN:
+    for module in BUILTIN:  # each registers itself on its first import
         importlib.import_module(module)
 
 
