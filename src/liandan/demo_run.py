@@ -42,9 +42,6 @@ def demo(
     >>> liandan.demo().metrics["overall"]["mean_iou"]  # doctest: +SKIP
     0.8
     """
-    from liandan.prediction import predict
-    from liandan.scoring import score
-
     try:
         spec = get_task(task)
     except ConfigError as exc:
@@ -58,13 +55,7 @@ def demo(
     bundle = build_data(cfg)
     result = train_into(cfg, bundle, run_dir)
     demo_result = DemoResult(**vars(result))
-    scene = data_dir / "scene" / "scene.tif"
-    if scene.is_file():  # a georeferenced scene to predict (segmentation's demo)
-        pred_dir = run_dir / "predictions"
-        predict(run_dir, [scene], out=pred_dir)
-        truth = data_dir / "scene" / "scene_mask.tif"
-        demo_result.predictions = pred_dir
-        if truth.is_file():
-            demo_result.scene_metrics = score(pred_dir / "scene.tif", truth)
+    # a georeferenced scene to predict and score, where the task's demo has one
+    demo_result.predictions, demo_result.scene_metrics = spec.finish_demo(run_dir, data_dir)
     demo_result.duration_s = time.perf_counter() - start
     return demo_result

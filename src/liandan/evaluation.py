@@ -12,7 +12,6 @@ from typing import Any
 from liandan.config import Config, check_overrides
 from liandan.data.datamodule import DataBundle
 from liandan.errors import CheckpointError
-from liandan.metrics import compute_metrics
 from liandan.reporting.samples import SampleResults
 from liandan.runs import atomic_write_json, read_model_json
 from liandan.tasks import get_task
@@ -60,7 +59,6 @@ def evaluate_with_samples(
     overrides: list[str] | None = None,
 ) -> tuple[dict[str, Any], SampleResults]:
     """``evaluate``, also returning the per-sample results (the report's galleries)."""
-    from liandan.metrics_extra import add_extras
     from liandan.prediction import Predictor
     from liandan.reporting.samples import (
         classes_from_meta,
@@ -102,8 +100,7 @@ def evaluate_with_samples(
             results = raster_val(predictor)
         else:
             results = evaluate_samples(predictor, checked, samples, bands=cfg.data.bands)
-    metrics = compute_metrics(results.confusion, classes.names, task=meta["task"], split=split)
-    add_extras(metrics, results.extras())
+    metrics = get_task(meta["task"]).score_results(results, classes.names, split)
     if write:
         name = "metrics.json" if split == "val" else f"metrics_{split}.json"
         atomic_write_json(run / name, metrics)

@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from liandan.config import Config
-from liandan.data.datasets import SampleDataset, load_image, pad_collate
+from liandan.data.datasets import load_image
+from liandan.data.datasets import pad_collate as pad_collate  # raster tiles batch with it
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample, find_samples
 from liandan.data.samplers import EvalShardSampler
 from liandan.data.scan import CheckedDataset, check_dataset
-from liandan.data.transforms import Normalizer, build_augment, dtype_max, fit_normalizer
+from liandan.data.transforms import Normalizer, fit_normalizer
 from liandan.engine.batch_size import resolve_batch_size
 from liandan.errors import ConfigError, DataError
 from liandan.tasks import get_task
@@ -214,29 +215,9 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         arrays = [load_image(checked, s, cfg.data.bands) for s in chosen]
         normalizer = fit_normalizer(cfg.data.normalize, arrays, cfg.data.percentiles)
     size = cfg.data.image_size
-    common = dict(bands=cfg.data.bands, seed=cfg.train.seed)
-    augment = dict(
-        task=index.task,
-        image_size=size,
-        bands=checked.in_channels,
-        value_scale=dtype_max(checked.dtype),
-        seed=cfg.train.seed,
-    )
-    train_ds = SampleDataset(
-        splits["train"],
-        checked,
-        normalizer,
-        build_augment(cfg.augment, train=True, **augment),  # type: ignore[arg-type]
-        brightness_contrast_p=cfg.augment.brightness_contrast,
-        **common,  # type: ignore[arg-type]
-    )
-    val_ds = SampleDataset(
-        splits["val"],
-        checked,
-        normalizer,
-        build_augment(cfg.augment, train=False, **augment),  # type: ignore[arg-type]
-        **common,  # type: ignore[arg-type]
-    )
+    task = get_task(index.task)
+    # the task's datasets: read, augment with targets kept aligned, normalize
+    train_ds, val_ds = task.build_datasets(cfg, checked, splits, normalizer)
     workers = resolve_workers(cfg.train.num_workers, bool(checked.images))
     generator = torch.Generator().manual_seed(cfg.train.seed)
     wanted = resolve_batch_size(  # train.batch_size: auto -> the int written to config.yaml
@@ -250,12 +231,11 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
     batch = min(wanted, len(train_ds))
     loader_args = dict(
         num_workers=workers,
-        collate_fn=pad_collate,
+        collate_fn=task.collate(),
         worker_init_fn=_seed_worker,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
-    task = get_task(index.task)
     sampler = None
     if cfg.data.sampler == "balanced":  # the task's way: sample images or aim crops
         sampler = task.balance(

@@ -106,7 +106,8 @@ class ClassSpec:
 
 @dataclass(frozen=True)
 class Sample:
-    """One item: an image and its class index (classify) or mask file (segment)."""
+    """One item: an image and its class index (classify), its mask file (segment), or
+    the position of its boxes in ``index.source.images`` (detect)."""
 
     image: Path
     target: int | Path
@@ -126,6 +127,9 @@ class DatasetIndex:
     skipped: list[str] = field(default_factory=list)  # files left out (on_error: skip)
     # (kind, file, reason) found while indexing with strict=False (for `liandan scan`)
     problems: list[tuple[str, str, str]] = field(default_factory=list)
+    # what a task's own reader found beyond the samples, checked when the data is loaded
+    # (detection: the DetectionDataset, whose problems name each file and line)
+    source: Any = None
 
     def split(self, name: str) -> list[Sample]:
         return [s for s in self.samples if s.split == name]

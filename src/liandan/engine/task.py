@@ -90,7 +90,7 @@ class LiandanTask(L.LightningModule):
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, y = batch
+        x, y = batch  # y: the task's targets (labels, masks, or one dict of boxes per image)
         if x.device.type == "cuda" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
@@ -162,7 +162,7 @@ class LiandanTask(L.LightningModule):
             self.log(
                 f"val/{key}",
                 float("nan") if value is None else float(value),
-                prog_bar=key in ("mean_iou", "macro_f1", "accuracy"),
+                prog_bar=key in ("mean_iou", "macro_f1", "accuracy", self.spec.headline),
                 sync_dist=False,
             )
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
     from liandan.data.problems import Problem
     from liandan.data.scan import CheckedDataset, TargetCheck
+    from liandan.data.transforms import Normalizer
     from liandan.planning import PlanFacts
     from liandan.prediction import Prediction, Predictor
     from liandan.reporting.samples import SampleResults
@@ -83,6 +84,22 @@ class Task:
         from liandan.errors import ConfigError
 
         raise ConfigError(f"the {self.name} task has no demo yet", where="--task")
+
+    def finish_demo(self, run_dir: Path, data_dir: Path) -> tuple[Path | None, Any]:
+        """After the demo trained: predict its scene (``data_dir/scene/scene.tif``, when
+        the demo has one) into ``run_dir/predictions`` and score it against its truth
+        (``scene_mask.tif``). Returns the predictions folder and the scene's metrics
+        (None where there is no scene or no truth)."""
+        from liandan.prediction import predict
+        from liandan.scoring import score
+
+        scene = data_dir / "scene" / "scene.tif"
+        if not scene.is_file():
+            return None, None
+        pred_dir = run_dir / "predictions"
+        predict(run_dir, [scene], out=pred_dir)
+        truth = data_dir / "scene" / "scene_mask.tif"
+        return pred_dir, score(pred_dir / "scene.tif", truth) if truth.is_file() else None
 
     # ------------------------------------------------------------------ training
     # The defaults serve networks that map images to class logits, trained with a loss
@@ -220,6 +237,52 @@ class Task:
         """
         return dataset, wanted, None
 
+    def build_datasets(
+        self,
+        cfg: Config,
+        checked: CheckedDataset,
+        splits: dict[str, list[Sample]],
+        normalizer: Normalizer,
+    ) -> tuple[Any, Any]:
+        """The training and validation datasets of ``splits`` (items: image, target).
+
+        The default reads, augments (:meth:`geometry`, :meth:`augment_sample`) and
+        normalizes one sample per item.
+        """
+        from liandan.data.datasets import SampleDataset
+        from liandan.data.transforms import build_augment, dtype_max
+
+        augment = dict(
+            task=self.name,
+            image_size=cfg.data.image_size,
+            bands=checked.in_channels,
+            value_scale=dtype_max(checked.dtype),
+            seed=cfg.train.seed,
+        )
+        common = dict(bands=cfg.data.bands, seed=cfg.train.seed)
+        train = SampleDataset(
+            splits["train"],
+            checked,
+            normalizer,
+            build_augment(cfg.augment, train=True, **augment),  # type: ignore[arg-type]
+            brightness_contrast_p=cfg.augment.brightness_contrast,
+            **common,  # type: ignore[arg-type]
+        )
+        val = SampleDataset(
+            splits["val"],
+            checked,
+            normalizer,
+            build_augment(cfg.augment, train=False, **augment),  # type: ignore[arg-type]
+            **common,  # type: ignore[arg-type]
+        )
+        return train, val
+
+    def collate(self) -> Any:
+        """How the data loaders put items together into a batch (default: padded tensors)."""
+        from liandan.data.datasets import pad_collate
+
+        return pad_collate
+
     def geometry(self, cfg: AugmentConfig, image_size: int, train: bool) -> list[Any]:
         """The albumentations ops that bring an image (and its target) to the input size."""
         raise NotImplementedError
@@ -299,6 +362,18 @@ class Task:
     ) -> SampleResults:
         """Predict and count every sample, keeping what the report shows per sample."""
         raise NotImplementedError
+
+    def score_results(
+        self, results: SampleResults, class_names: list[str], split: str
+    ) -> dict[str, Any]:
+        """metrics.json's dict of an evaluated split (default: from the confusion matrix,
+        plus :meth:`metric_extras`)."""
+        from liandan.metrics import compute_metrics
+        from liandan.metrics_extra import add_extras
+
+        metrics = compute_metrics(results.confusion, class_names, task=self.name, split=split)
+        add_extras(metrics, results.extras())
+        return metrics
 
     def metric_extras(self, results: SampleResults) -> dict[str, Any]:
         """The task's extra metrics.json entries (see :mod:`liandan.metrics_extra`)."""
