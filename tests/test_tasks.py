@@ -22,27 +22,29 @@ from liandan.tasks.classify import Classify
 PACKAGE = Path(liandan.__file__).parent
 # a comparison with a task name: task == "segment", "classify" != x, in ("segment", ...)
 BRANCH = re.compile(
-    r"""(==|!=|\bin\s*[(\[{])\s*["'](?:segment|classify)["']"""
-    r"""|["'](?:segment|classify)["']\s*(==|!=)"""
-    r"""|\bin\s*[(\[{][^)\]}]*["'](?:segment|classify)["']"""
+    r"""(==|!=|\bin\s*[(\[{])\s*["'](?:segment|classify|detect)["']"""
+    r"""|["'](?:segment|classify|detect)["']\s*(==|!=)"""
+    r"""|\bin\s*[(\[{][^)\]}]*["'](?:segment|classify|detect)["']"""
 )
 
 
 def test_builtin_tasks_are_registered_with_their_aliases() -> None:
-    assert task_names() == ["classify", "segment"]
+    assert task_names() == ["classify", "detect", "segment"]
     assert get_task("segmentation") is get_task("segment")
     assert get_task("classification").name == "classify"
     assert get_task("segment").monitor == "val/mean_iou"
     assert get_task("classify").monitor == "val/macro_f1"
+    assert get_task("detection") is get_task("detect")
+    assert get_task("detect").monitor == "val/map"
 
 
 def test_an_unknown_task_names_the_registered_ones() -> None:
     with pytest.raises(ConfigError) as info:
         get_task("detection-ish")
-    assert "classify, segment" in info.value.render()
+    assert "classify, detect, segment" in info.value.render()
     with pytest.raises(ConfigError) as info:
         Config.load(None, ["task=segmnt"])
-    assert "segmnt" in str(info.value) and "classify, segment" in str(info.value)
+    assert "segmnt" in str(info.value) and "classify, detect, segment" in str(info.value)
 
 
 def test_config_reads_a_task_alias_as_its_name() -> None:
@@ -67,6 +69,7 @@ def test_the_branch_pattern_finds_the_shapes_it_forbids() -> None:
         "x = a if cfg.task != 'classify' else b",
         'if cfg.task in (None, "segment"):',
         'if "classify" == meta["task"]:',
+        'elif spec.name == "detect":',
     ):
         assert BRANCH.search(line), line
     assert not BRANCH.search('register("segment", spec)')

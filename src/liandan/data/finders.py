@@ -1,6 +1,7 @@
 """The finders of each folder layout: a dataset folder -> a :class:`DatasetIndex`.
 
-One function per layout (``imagefolder``, ``csv``, ``pairs``, ``voc``), registered in
+One function per layout (``imagefolder``, ``csv``, ``pairs``, ``voc``; ``yolo`` and
+``coco`` for detection, read by :mod:`liandan.tasks.detect.formats`), registered in
 :data:`LAYOUTS` with its task; :func:`liandan.data.layouts.find_samples` picks one (the
 folder names are read by :mod:`liandan.data.folders`). Problems a user can fix (missing
 folder, image without mask, empty class) are :class:`DataError` s that list every
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from liandan.data.folders import (
     VECTOR_EXTS,
     PairSite,
     child,
+    coco_files,
     pair_sites,
     split_dirs,
     split_name,
@@ -25,7 +29,7 @@ from liandan.data.folders import (
 )
 from liandan.data.layouts import ClassSpec, DatasetIndex, Sample
 from liandan.data.readers import is_image_file
-from liandan.errors import DataError
+from liandan.errors import ConfigError, DataError
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -221,11 +225,92 @@ VOC_CLASSES = (
 ).split()
 
 
+# ------------------------------------------------------------------ detection
+def _detection_index(root: Path, layout: str, dataset: Any) -> DatasetIndex:
+    """The index of a read detection dataset: one sample per image, its target the
+    position of its boxes in ``index.source.images`` (checked when the data is loaded)."""
+    samples = [Sample(rec.path, i, rec.split) for i, rec in enumerate(dataset.images)]
+    index = DatasetIndex(root, "detect", layout, ClassSpec(list(dataset.class_names)), samples)
+    index.source = dataset
+    return index
+
+
+def _find_yolo(root: Path, ignore_index: int | None) -> DatasetIndex:
+    from liandan.tasks.detect.yolo import read_yolo
+
+    return _detection_index(root, "yolo", read_yolo(root))
+
+
+def _coco_split(path: Path, root: Path) -> str | None:
+    """The split a COCO file stands for: its split folder, else a word of its name
+    (``instances_val2017.json`` -> val)."""
+    if path.parent != root and (split := split_name(path.parent.name)):
+        return split
+    words = re.split(r"[^a-z]+", path.stem.lower())
+    return next((s for w in words if (s := split_name(w))), None)
+
+
+def _coco_images_dir(path: Path, root: Path) -> Path:
+    """Where a COCO file's ``file_name`` s are: beside it, in ``DATA/images`` (or a
+    folder of it named like the file's split), or in DATA; the first that holds the
+    first listed image."""
+    import json
+
+    try:
+        images = json.loads(path.read_text(encoding="utf-8-sig")).get("images") or []
+        first = str(images[0]["file_name"])
+    except Exception:  # read_coco reports what is wrong with the file
+        return path.parent
+    candidates = [path.parent, root / "images", root]
+    if (images_dir := root / "images").is_dir():
+        candidates[2:2] = subdirs(images_dir)
+    candidates += [d for d in subdirs(root) if d.name.lower() in path.stem.lower()]
+    return next((d for d in candidates if (d / first).is_file()), path.parent)
+
+
+def _find_coco(root: Path, ignore_index: int | None) -> DatasetIndex:
+    from liandan.tasks.detect.boxes import DetectionDataset
+    from liandan.tasks.detect.coco import read_coco
+
+    files = coco_files(root)
+    if not files:  # only when named: auto-detection reads COCO where it finds such a file
+        raise ConfigError(
+            f"data.layout=coco, but {root} holds no COCO JSON (a .json with 'images', "
+            "'annotations' and 'categories')",
+            where="data.layout",
+            hint="put the JSON in DATA or DATA/annotations/ (its images beside it or in "
+            "DATA/images), or leave data.layout=auto to detect the layout",
+        )
+    merged: DetectionDataset | None = None
+    names: dict[Path, list[str]] = {}
+    for path in files:
+        found = read_coco(path, _coco_images_dir(path, root))
+        names[path] = found.class_names
+        split = _coco_split(path, root) if len(files) > 1 else None
+        for rec in found.images:
+            rec.split = split
+        if merged is None:
+            merged = DetectionDataset(root, "coco", found.class_names, [], [])
+        merged.images += found.images
+        merged.problems += found.problems
+    assert merged is not None
+    if len({tuple(n) for n in names.values()}) > 1:
+        raise DataError(
+            "the COCO files list different categories",
+            where=root,
+            items=[f"{p}: {', '.join(n)}" for p, n in names.items()],
+            hint="every split's file needs the same categories (same ids and names)",
+        )
+    return _detection_index(root, "coco", merged)
+
+
 # ------------------------------------------------------------------ registry
 Finder = Callable[[Path, "int | None"], DatasetIndex]
 LAYOUTS: dict[str, tuple[Finder, str]] = {
     # name: (find, task); detection is liandan.data.folders.detect
     "voc": (_find_voc, "segment"),
+    "yolo": (_find_yolo, "detect"),
+    "coco": (_find_coco, "detect"),
     "csv": (_find_csv, "classify"),
     "pairs": (find_pairs, "segment"),
     "imagefolder": (_find_imagefolder, "classify"),

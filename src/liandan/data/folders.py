@@ -42,8 +42,8 @@ VECTOR_EXTS = (".geojson", ".json", ".gpkg", ".shp")
 MASK_VALUES = 64  # a file with at most this many distinct values or colours may be a mask
 HOW_TO_CHOOSE = (
     "say which one you mean with data.layout (e.g. `liandan train DATA "
-    "data.layout=pairs:images/masks`), or move what you do not mean out of DATA; "
-    "see docs/data.md"
+    "data.layout=pairs:images/masks`) or, for a detection reading, with task=detect; "
+    "or move what you do not mean out of DATA; see docs/data.md"
 )
 
 
@@ -255,6 +255,59 @@ def _has_class_dirs(root: Path) -> bool:
     return any(subdirs(folder) for _, folder in split_dirs(root))
 
 
+# ------------------------------------------------------------------ detection layouts
+YOLO_NAMES = ("data.yaml", "dataset.yaml", "classes.txt")  # where YOLO keeps class names
+COCO_HEAD = 1 << 16  # bytes of a JSON file read to tell a COCO detection file
+
+
+def yolo_label_dirs(root: Path) -> list[Path]:
+    """``labels`` folders (in DATA, its split folders, or split inside) holding ``*.txt``
+    files beside an ``images`` folder: the Ultralytics YOLO layout."""
+    found = []
+    for _, folder in split_dirs(root):
+        images, labels = child(folder, "images"), child(folder, "labels")
+        if images is None or labels is None or not labels.is_dir():
+            continue
+        inner = [labels] + [d for s, d in split_dirs(labels) if s is not None]
+        if any(p.suffix == ".txt" and p.name != "classes.txt" for d in inner for p in d.iterdir()):
+            found.append(labels)
+    return found
+
+
+def coco_files(root: Path) -> list[Path]:
+    """COCO detection JSON files: in DATA, ``DATA/annotations`` or a split folder, with an
+    ``images`` list and ``categories`` (read from the file's head, so large files are cheap)."""
+    folders = [root, root / "annotations"] + [d for s, d in split_dirs(root) if s is not None]
+    found = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() != ".json" or not path.is_file():
+                continue
+            with path.open("rb") as f:
+                head = f.read(COCO_HEAD)
+            if b'"images"' in head and (b'"categories"' in head or b'"annotations"' in head):
+                found.append(path)
+    return found
+
+
+def _choice(layout: str, task: str) -> str:
+    """How a user picks a reading: ``data.layout``, or ``task`` for detection layouts."""
+    return f"task={task}" if layout in ("yolo", "coco") else f"data.layout={layout}"
+
+
+def _no_masks(site: PairSite, coco: list[Path]) -> bool:
+    """Whether a pair site's label folder holds neither masks nor polygon layers (only
+    YOLO text files or COCO JSON)."""
+    if site.masks.is_dir() and image_stems(site.masks):
+        return False
+    if site.vectors is None:
+        return True
+    layers = [p for p in site.vectors.iterdir() if p.suffix.lower() in VECTOR_EXTS]
+    return all(p in coco for p in layers)
+
+
 def detect(root: Path, task: str | None = None) -> str:
     """The layout of a dataset folder; ambiguity is an error that lists the readings.
 
@@ -268,7 +321,18 @@ def detect(root: Path, task: str | None = None) -> str:
         readings.append(("voc", "segment", "Pascal VOC: JPEGImages/ + SegmentationClass/"))
     if _has_csv(root):
         readings.append(("csv", "classify", "classification listed in labels.csv"))
-    sites = pair_sites(root)
+    yolo = yolo_label_dirs(root)
+    if yolo:
+        where = ", ".join(str(d.relative_to(root)) for d in yolo)
+        named = [n for n in YOLO_NAMES if (root / n).is_file()]
+        names = f", classes in {named[0]}" if named else ""
+        readings.append(("yolo", "detect", f"detection: YOLO text labels in {where}{names}"))
+    coco = coco_files(root)
+    if coco:
+        where = ", ".join(str(p.relative_to(root)) for p in coco)
+        readings.append(("coco", "detect", f"detection: COCO JSON {where}"))
+    # labels/ of YOLO text files or annotations/ of COCO JSON hold no masks
+    sites = [s for s in pair_sites(root) if not ((yolo or coco) and _no_masks(s, coco))]
     if sites:
         site = sites[0]
         where = f"{site.images.relative_to(root)} + {site.masks.relative_to(root)}"
@@ -296,7 +360,8 @@ def detect(root: Path, task: str | None = None) -> str:
             "cannot tell the dataset layout",
             where=root,
             hint="expected DATA/<class>/*.png (classify), DATA/images + DATA/masks (segment), "
-            "DATA/labels.csv or a Pascal VOC folder; see docs/data.md",
+            "DATA/labels.csv, a Pascal VOC folder, DATA/images + DATA/labels/*.txt (detect, "
+            "YOLO) or a COCO JSON (detect); see docs/data.md and docs/detection.md",
         )
-    options = [f"data.layout={value}: {text}" for value, _, text in unique]
+    options = [f"{_choice(value, t)}: {text}" for value, t, text in unique]
     raise _ambiguous(root, "it could be read in more than one way", options)

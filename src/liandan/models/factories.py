@@ -257,3 +257,19 @@ def build_timm(req: BuildRequest) -> nn.Module:
     if req.pretrained:
         log.info("fetching the ImageNet weights of %s (needs internet access)", req.arch)
     return timm.create_model(req.arch, pretrained=req.pretrained, **kwargs)
+
+
+# --------------------------------------------------------------------------- detection
+def build_detector(req: BuildRequest) -> nn.Module:
+    """FCOS, RetinaNet or Faster R-CNN from torchvision over a timm encoder (weights
+    files are loaded by :func:`~liandan.models.build_model`, as for every architecture)."""
+    from liandan.tasks.detect.models import build_detector as build
+
+    return build(
+        req.arch,
+        req.cfg.encoder,
+        req.num_classes,
+        req.in_channels,
+        req.image_size or 0,
+        "imagenet" if req.pretrained else None,
+    )

@@ -117,6 +117,16 @@ for _name in smp.MODEL_ARCHITECTURES_MAPPING:
     )
 
 
+# detection: torchvision's detectors over a timm encoder (liandan.tasks.detect.models)
+for _name in ("fcos", "retinanet", "fasterrcnn"):
+    register(
+        "detect",
+        ArchSpec(_name, "torchvision", factories.build_detector, 64, dropout=False,
+                 uses_encoder=True),
+        aliases={"fasterrcnn": ("faster_rcnn", "faster-rcnn")}.get(_name, ()),
+    )  # fmt: skip
+
+
 def _timm_spec(name: str) -> ArchSpec:
     """A timm classifier; SE / CBAM where timm's ResNet blocks can take them."""
     attention = ("se", "cbam") if name.split(".")[0] in factories.timm_resnet_family() else ()

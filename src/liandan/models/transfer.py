@@ -40,6 +40,10 @@ def _encoder_parts(model: nn.Module) -> tuple[nn.Module, set[int]] | None:
         return model.features, set()
     if isinstance(model, GoogLeNet):
         return model, {id(p) for p in model.fc.parameters()}
+    from liandan.tasks.detect.models import Detector
+
+    if isinstance(model, Detector):  # its timm encoder (the pyramid and heads are new)
+        return model.encoder, set()
     get_classifier = getattr(model, "get_classifier", None)
     if hasattr(model, "pretrained_cfg") and callable(get_classifier):  # a timm model
         head = get_classifier()

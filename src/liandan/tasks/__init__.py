@@ -7,7 +7,7 @@ task is a new module here plus its registration (see ``docs/tasks.md``).
 
 >>> from liandan.tasks import get_task, task_names
 >>> task_names()
-['classify', 'segment']
+['classify', 'detect', 'segment']
 >>> get_task("segmentation").name
 'segment'
 """

@@ -12,7 +12,7 @@ import importlib
 from liandan.errors import ConfigError
 from liandan.tasks.base import Task
 
-BUILTIN = ("liandan.tasks.classify", "liandan.tasks.segment")
+BUILTIN = ("liandan.tasks.classify", "liandan.tasks.segment", "liandan.tasks.detect.task")
 _TASKS: dict[str, Task] = {}
 _ALIASES: dict[str, str] = {}
 

@@ -1,6 +1,6 @@
-"""Object detection: boxes in, boxes out (not registered as a task yet).
+"""Object detection: boxes in, boxes out (the task ``detect``, :mod:`~liandan.tasks.detect.task`).
 
-The foundations the detect task will stand on, each importable on its own:
+The foundations the detect task stands on, each importable on its own:
 
 - :mod:`liandan.tasks.detect.boxes`: the in-memory boxes of one image
   (:class:`~liandan.tasks.detect.boxes.ImageBoxes`, absolute pixel ``x1 y1 x2 y2``),
@@ -14,5 +14,6 @@ The foundations the detect task will stand on, each importable on its own:
   recall / F1 at a score threshold and a confusion matrix with a background row and
   column.
 
-Nothing here is imported by the task registry, and this package imports nothing heavy.
+The task registry imports :mod:`~liandan.tasks.detect.task` only; this package imports
+nothing heavy.
 """

@@ -153,6 +153,7 @@ class DetectionData(Dataset):
         min_visibility: a box cut by a crop is dropped when less of its area is left.
         min_side: ... or when it is thinner than this, in input pixels.
         seed: seeds the random transforms.
+        images: decoded images by path (a checked dataset's cache); others are read.
 
     Each item is ``(image, target)``: ``image`` a ``(C, image_size, image_size)`` float32
     tensor; ``target`` a dict of ``boxes`` ``(N, 4)`` float32 input pixels, ``labels``
@@ -176,8 +177,10 @@ class DetectionData(Dataset):
         min_visibility: float = MIN_VISIBILITY,
         min_side: float = MIN_SIDE,
         seed: int = 0,
+        images: dict[Any, np.ndarray] | None = None,
     ) -> None:
         self.records = list(records)
+        self.images = images or {}
         self.image_size = image_size
         self.train = train
         self.normalize = normalize
@@ -226,7 +229,9 @@ class DetectionData(Dataset):
         """The letterboxed ``(H, W, C)`` image (raw values), its boxes in its pixels, their
         classes, and the letterbox's ``(sx, sy)``."""
         rec = self.records[index]
-        image = read_image(rec.path, self.bands)
+        image = self.images.get(rec.path)
+        if image is None:
+            image = read_image(rec.path, self.bands)
         image, (sx, sy) = letterbox(image, self.image_size)
         boxes = rec.boxes * np.array([sx, sy, sx, sy])
         side = self.image_size

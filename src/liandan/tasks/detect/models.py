@@ -154,6 +154,28 @@ class Detector(nn.Module):
             return out
         return [{**d, "labels": d["labels"] - self.label_offset} for d in out]
 
+    def eval_losses(
+        self, images: torch.Tensor | list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """The training losses of a batch with the network in eval mode (validation).
+
+        torchvision's detectors compute losses only in training mode; here only the
+        detection head, its box coder and proposals switch to it, while the encoder and
+        the pyramid stay in eval mode, so BatchNorm uses (and keeps) its running
+        statistics and no dropout or drop-path is drawn.
+        """
+        backbone = {id(m) for m in self.model.backbone.modules()}  # type: ignore[union-attr]
+        switched = [m for m in self.model.modules() if id(m) not in backbone and not m.training]
+        for m in switched:
+            m.training = True
+        if self.label_offset:
+            targets = [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
+        try:
+            return self.model(list(images), targets)  # type: ignore[no-any-return]
+        finally:
+            for m in switched:
+                m.training = False
+
 
 # ------------------------------------------------------------------------ building
 def _timm_name(encoder: str) -> str:
