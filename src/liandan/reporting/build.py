@@ -90,6 +90,7 @@ def write_report(
 
     run = Path(run)
     _, meta = read_model_json(run)
+    get_task(meta["task"]).refuse("report")
     config_path = run / "config.yaml"
     if not config_path.is_file():
         raise CheckpointError("config.yaml is missing from the run", where=run)

@@ -101,6 +101,11 @@ class Task:
         truth = data_dir / "scene" / "scene_mask.tif"
         return pred_dir, score(pred_dir / "scene.tif", truth) if truth.is_file() else None
 
+    def refuse(self, command: str) -> None:
+        """Raise a :class:`~liandan.errors.ConfigError` where this task cannot do
+        ``command`` (``predict``, ``export``, ``tune``, ``report``) yet; the built-in
+        tasks do them all."""
+
     # ------------------------------------------------------------------ training
     # The defaults serve networks that map images to class logits, trained with a loss
     # of (logits, target) and validated with a confusion matrix (classify, segment).

@@ -11,9 +11,10 @@ accumulates the boxes of every image into COCO mAP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from liandan.tasks.base import Task
 from liandan.tasks.registry import register_task
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
     from liandan.config import Config, LossConfig
     from liandan.data.fingerprint import Fingerprint
     from liandan.data.layouts import DatasetIndex, Sample
+    from liandan.data.problems import Problem
     from liandan.data.scan import CheckedDataset, TargetCheck
     from liandan.data.transforms import Normalizer
     from liandan.planning import PlanFacts
-    from liandan.prediction import Predictor
+    from liandan.prediction import Prediction, Predictor
     from liandan.reporting.samples import SampleResults
     from liandan.tasks.detect.boxes import ImageBoxes
 
@@ -126,6 +128,69 @@ class Detect(Task):
         "augment.scale=[0.75,1.25]",
         "augment.brightness_contrast=0.5",
     )
+
+    # what the shared machinery cannot do with boxes yet, refused before it starts
+    NOT_YET: ClassVar[dict[str, str]] = {
+        "export": "the run's model/ (weights.safetensors + model.json) loads with "
+        "liandan.models.load_model",
+        "tune": "train a few configs with `liandan train` and compare their metrics.json",
+        "report": "metrics.json and history.csv hold the run's metrics and curves",
+    }
+
+    def refuse(self, command: str) -> None:
+        from liandan.errors import ConfigError
+
+        if command in self.NOT_YET:
+            raise ConfigError(
+                f"liandan {command} is not yet available for detection",
+                where=command,
+                hint=self.NOT_YET[command],
+            )
+
+    def search_space(self) -> dict[str, Any]:
+        self.refuse("tune")
+        return {}
+
+    def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:
+        self.refuse("export")
+        return []
+
+    # ------------------------------------------------------------ predict
+    def predict_array(
+        self, predictor: Predictor, image: np.ndarray, path: Path | str
+    ) -> np.ndarray:
+        from liandan.tasks.detect.predict import detect_array
+
+        return detect_array(predictor, image, path)  # (N, 6): x1 y1 x2 y2 score class
+
+    def decide(self, probs: np.ndarray) -> Any:
+        return probs  # the detections are the decision
+
+    def planned_outputs(
+        self, files: Sequence[Path], out_dir: Path, probs: bool, vector: str | None
+    ) -> tuple[list[Path], list[Path]]:
+        from liandan.errors import ConfigError
+        from liandan.tasks.detect.predict import planned_outputs
+
+        if probs or vector:
+            raise ConfigError(
+                "--probs and --vector are not yet available for detection",
+                where="--vector" if vector else "--probs",
+                hint="leave them out: predict writes detections.json and preview PNGs",
+            )
+        return planned_outputs(files, out_dir)
+
+    def write_prediction(self, pred: Prediction, predictor: Predictor, out_dir: Path) -> list[Path]:
+        from liandan.tasks.detect.predict import write_preview
+
+        return write_preview(pred, predictor, out_dir)
+
+    def write_predictions(
+        self, preds: list[Prediction], predictor: Predictor, out_dir: Path
+    ) -> list[Path]:
+        from liandan.tasks.detect.predict import write_results
+
+        return write_results(preds, predictor, out_dir)
 
     def default_arch(self, image_size: int | None = None) -> str:
         return "fcos"
@@ -268,6 +333,18 @@ class Detect(Task):
             blocking.append(f"{index.root}: no class names and no box to number them from")
             found.hint = "name the classes in data.yaml (names: [...]) or classes.txt"
         return found
+
+    def target_problems(
+        self,
+        index: DatasetIndex,
+        good: list[Sample],
+        records: dict[Path, dict[str, Any]],
+        lossy_masks: str,
+        notes: list[str],
+    ) -> list[Problem]:
+        from liandan.tasks.detect.boxes import validate
+
+        return validate(index.source)  # every label file and line, errors and warnings
 
     def fingerprint_targets(
         self,

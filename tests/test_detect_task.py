@@ -1,0 +1,173 @@
+"""Detection through the command line: YOLO and COCO folders train, evaluate, and
+refuse clearly what is not there yet; bad label files are named in one error."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from liandan.cli import main
+from liandan.tasks.detect.demo import CLASS_NAMES, make_detect_demo
+from liandan.tasks.detect.formats import read_detection
+
+# a few small steps: seconds on a CPU
+QUICK = [
+    "--no-plan",
+    "model.encoder=resnet18",
+    "data.image_size=64",
+    "train.batch_size=8",
+    "train.progress=false",
+    "train.num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's shapes, tiny: 24 training and 8 validation images of 64 px."""
+    root = tmp_path_factory.mktemp("shapes") / "data"
+    return make_detect_demo(root, n_train=24, n_val=8, size=64, scene_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["train", str(shapes), *QUICK, "train.epochs=3", "--out", str(runs)]) == 0
+    return runs / "train"
+
+
+def test_a_yolo_folder_trains_with_coco_metrics(trained: Path, shapes: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["task"] == "detect" and metrics["split"] == "val"
+    assert metrics["classes"] == list(CLASS_NAMES)
+    overall = metrics["overall"]
+    for key in ("map", "map50", "map75", "precision", "recall", "f1"):
+        assert 0.0 <= overall[key] <= 1.0, key
+    assert overall["map50"] >= overall["map"] >= 0.0
+    assert set(metrics["per_class"]) == set(CLASS_NAMES)
+    k = len(CLASS_NAMES)
+    matrix = metrics["confusion_matrix"]
+    assert len(matrix) == k + 1 and all(len(row) == k + 1 for row in matrix)
+    assert metrics["confusion_labels"][-1] == "background"
+    # every truth box is in one row of the matrix: matched, confused, or missed
+    truth = read_detection(shapes)
+    val_boxes = sum(len(r.boxes) for r in truth.images if r.split == "val")
+    assert sum(sum(row) for row in matrix[:k]) == val_boxes
+    # training lowered the loss
+    rows = list(csv.DictReader((trained / "history.csv").open()))
+    assert len(rows) == 3
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert (trained / "model" / "model.json").is_file()
+
+
+def test_evaluate_reproduces_the_runs_metrics(trained: Path, tmp_path: Path) -> None:
+    written = json.loads((trained / "metrics.json").read_text())
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    (run / "metrics.json").unlink()
+    assert main(["evaluate", str(run)]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["overall"]["map"] == pytest.approx(written["overall"]["map"], abs=1e-6)
+    assert again["confusion_matrix"] == written["confusion_matrix"]
+
+
+@pytest.mark.parametrize("command", ["export", "report", "tta"])
+def test_what_detection_lacks_yet_is_refused_by_name(
+    trained: Path, shapes: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args, message = {
+        "export": (
+            ["export", str(trained), "--format", "onnx"],
+            "liandan export is not yet available for detection",
+        ),
+        "report": (["report", str(trained)], "liandan report is not yet available for detection"),
+        "tta": (
+            ["predict", str(trained), str(shapes / "images" / "val"), "--out", str(out), "--tta"],
+            "test-time augmentation is not yet available for detection",
+        ),
+    }[command]
+    before = sorted(p.name for p in trained.iterdir())
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in trained.iterdir()) == before and not out.exists()
+
+
+def test_predict_writes_coco_results_and_previews(
+    trained: Path, shapes: Path, tmp_path: Path
+) -> None:
+    images = sorted((shapes / "images" / "val").glob("*.png"))[:3]
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained), *map(str, images), "--out", str(out)]) == 0
+    found = json.loads((out / "detections.json").read_text())
+    assert isinstance(found, list)
+    for det in found:
+        assert 1 <= det["image_id"] <= len(images)
+        assert det["file_name"] == images[det["image_id"] - 1].name
+        assert det["category_name"] == CLASS_NAMES[det["category_id"] - 1]
+        x, y, w, h = det["bbox"]
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 64.01 and y + h <= 64.01
+        assert 0.25 <= det["score"] <= 1.0
+    for image in images:
+        preview = Image.open(out / "preview" / f"{image.stem}.png")
+        assert preview.size == Image.open(image).size and preview.mode == "RGB"
+
+
+def test_a_coco_json_folder_trains(shapes: Path, tmp_path: Path) -> None:
+    """images/ + annotations/instances_{train,val}.json, as COCO ships."""
+    root = tmp_path / "coco"
+    source = read_detection(shapes)
+    for split in ("train", "val"):
+        images, annotations = [], []
+        for i, rec in enumerate(r for r in source.images if r.split == split):
+            target = root / "images" / rec.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(rec.path, target)
+            images.append({"id": i + 1, "file_name": rec.path.name, "width": rec.width,
+                           "height": rec.height})  # fmt: skip
+            for box, cls in zip(rec.boxes.tolist(), rec.classes.tolist(), strict=True):
+                x1, y1, x2, y2 = box
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                    "category_id": cls + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                    "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})  # fmt: skip
+        coco = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
+        }
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    runs = tmp_path / "runs"
+    assert main(["train", str(root), *QUICK, "train.epochs=1", "--out", str(runs)]) == 0
+    metrics = json.loads((runs / "train" / "metrics.json").read_text())
+    assert metrics["task"] == "detect" and metrics["classes"] == list(CLASS_NAMES)
+    val_boxes = sum(len(r.boxes) for r in source.images if r.split == "val")
+    assert sum(sum(row) for row in metrics["confusion_matrix"][:-1]) == val_boxes
+
+
+def test_bad_label_files_are_named_in_one_error(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "bad"
+    shutil.copytree(shapes, root)
+    labels = sorted((root / "labels" / "train").glob("*.txt"))
+    unknown, outside = labels[0], labels[1]
+    unknown.write_text("7 0.5 0.5 0.2 0.2\n")  # class 7 of 3
+    outside.write_text("0 0.95 0.5 0.4 0.2\n")  # reaches 1.15 of the width
+    Image.new("RGB", (8, 8)).save(root / "images" / "train" / "extra.png")  # background
+    runs = tmp_path / "runs"
+    assert main(["train", str(root), *QUICK, "train.epochs=1", "--out", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert unknown.name in err and outside.name in err
+    assert "extra" not in err  # an image without labels is background, not an error
+    assert not (runs / "train" / "metrics.json").exists()
+    # liandan scan names them the same way, with the line and what is wrong
+    assert main(["scan", str(root)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert f"{unknown.name}: error: line 1: class id 7" in err
+    assert f"{outside.name}: error: line 1: box" in err and "leaves the 64x64 image" in err
