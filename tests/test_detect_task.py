@@ -97,6 +97,16 @@ def test_what_detection_lacks_yet_is_refused_by_name(
     assert sorted(p.name for p in trained.iterdir()) == before and not out.exists()
 
 
+def test_k_fold_training_is_refused_before_a_fold_trains(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    assert main(["train", str(shapes), *QUICK, "--folds", "2", "--out", str(runs)]) == 1
+    err = capsys.readouterr().err
+    assert "k-fold training (--folds, data.folds) is not yet available for detection" in err
+    assert not list(runs.rglob("*.ckpt")) and not list(runs.rglob("metrics.json"))
+
+
 def test_predict_writes_coco_results_and_previews(
     trained: Path, shapes: Path, tmp_path: Path
 ) -> None:

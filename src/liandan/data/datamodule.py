@@ -194,6 +194,8 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
     )
     if cfg.task is None:
         cfg.task = index.task  # type: ignore[assignment]
+    if cfg.data.folds is not None:  # k-fold runs pool confusion matrices and average logits
+        get_task(index.task).refuse("folds")
     from liandan.data.rasters import build_raster_data, wants_tiles
 
     if normalizer is None and wants_tiles(index, cfg.data.max_image_size):

@@ -103,7 +103,7 @@ class Task:
 
     def refuse(self, command: str) -> None:
         """Raise a :class:`~liandan.errors.ConfigError` where this task cannot do
-        ``command`` (``predict``, ``export``, ``tune``, ``report``) yet; the built-in
+        ``command`` (``predict``, ``export``, ``tune``, ``report``, ``folds``) yet; the built-in
         tasks do them all."""
 
     # ------------------------------------------------------------------ training

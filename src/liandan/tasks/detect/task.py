@@ -135,15 +135,19 @@ class Detect(Task):
         "liandan.models.load_model",
         "tune": "train a few configs with `liandan train` and compare their metrics.json",
         "report": "metrics.json and history.csv hold the run's metrics and curves",
+        "folds": "train one run (data.folds pools confusion matrices and averages "
+        "class probabilities, which boxes do not have)",
     }
 
     def refuse(self, command: str) -> None:
         from liandan.errors import ConfigError
 
         if command in self.NOT_YET:
+            folds = command == "folds"
+            what = "k-fold training (--folds, data.folds)" if folds else f"liandan {command}"
             raise ConfigError(
-                f"liandan {command} is not yet available for detection",
-                where=command,
+                f"{what} is not yet available for detection",
+                where="data.folds" if folds else command,
                 hint=self.NOT_YET[command],
             )
 
