@@ -210,3 +210,20 @@ def test_a_short_training_finds_objects_far_better_than_chance(tmp_path: Path) -
         guesses.append(Detections(boxes, rng.random(20), np.zeros(20, int)))
     chance = evaluate_detections(val, guesses, 1).summary(["shape"])["overall"]["map50"]
     assert trained > 0.15 and trained > 5 * chance, (trained, chance)
+
+
+def test_a_yolo_folder_is_planned_and_the_plan_names_its_layout(
+    shapes: Path, tmp_path: Path
+) -> None:
+    """``liandan plan`` writes the layout it found; the config must accept it (it refused
+    ``data.layout: yolo``, so ``liandan train DATA`` failed without ``--no-plan``)."""
+    import yaml
+
+    from liandan.config import Config
+
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", str(shapes), "--output", str(out)]) == 0
+    plan = yaml.safe_load(out.read_text())
+    assert plan["task"] == "detect" and plan["data"]["layout"] == "yolo"
+    cfg = Config.load(out, [])
+    assert cfg.data.layout == "yolo"

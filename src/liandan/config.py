@@ -42,9 +42,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# the folder layouts (liandan.data.finders); yolo and coco hold boxes (detection)
+Layout = Literal["auto", "imagefolder", "csv", "pairs", "voc", "yolo", "coco"]
+
+
 class DataConfig(Section):
     root: Path | None = None  # dataset folder; the DATA argument fills it
-    layout: Literal["auto", "imagefolder", "csv", "pairs", "voc"] | PairFolders = "auto"
+    layout: Layout | PairFolders = "auto"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # used when there is no val/ split
     image_size: int = Field(256, ge=8)  # images are resized to this square size
     tile_size: int = Field(512, ge=16)  # large rasters are trained on tiles of this size
@@ -208,7 +212,7 @@ class PredictConfig(Section):
 class Config(Section):
     """The complete configuration of a run."""
 
-    task: str | None = None  # classify or segment; inferred from the data layout when absent
+    task: str | None = None  # classify, segment or detect; else inferred from the layout
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
