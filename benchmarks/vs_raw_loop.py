@@ -13,7 +13,8 @@ For each dataset and seed, in one process tree on one machine, interleaved:
   the same validation images with liandan's metric code (same definitions).
 
 Datasets: ``demo-segment`` and ``demo-classify`` (liandan's embedded demos),
-``dubai`` (../shared/realdata/dubai-aerial, real satellite tiles with colour masks,
+``digits`` (scikit-learn's bundled handwritten digits, 8x8 grayscale scans, real data
+that ships with the package), ``dubai`` (../shared/realdata/dubai-aerial, real satellite tiles with colour masks,
 laid out as a user would: tiles flattened into images/ + masks/, every 5th pair held out
 for validation, classes.yaml with the colours found in the masks and black, which two
 masks hold on 306 pixels, as the ignore colour, as `liandan scan` suggests). Results are
@@ -44,6 +45,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_model
+
+STEP_EPOCHS = 5  # the step-matched comparison (--steps): validations along the way
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("LIANDAN_REALDATA", ROOT.parent / "shared" / "realdata"))
@@ -79,6 +82,21 @@ def make_dubai(root: Path) -> Path:
     return root
 
 
+def make_digits(root: Path) -> Path:
+    """scikit-learn's bundled handwritten digits (1797 real 8x8 scans, 10 classes) as a
+    user lays out a classification set: train/ and val/ folders of class folders of PNGs,
+    every 5th image held out."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        split = "val" if i % 5 == 4 else "train"
+        target = root / split / str(label) / f"{i:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).round().astype(np.uint8)).save(target)
+    return root
+
+
 def make_dataset(name: str, root: Path) -> Path:
     from liandan.data.demo import make_classify_demo, make_segment_demo
 
@@ -88,6 +106,8 @@ def make_dataset(name: str, root: Path) -> Path:
         return make_classify_demo(root)
     if name == "dubai":
         return make_dubai(root)
+    if name == "digits":
+        return make_digits(root)
     raise SystemExit(f"unknown dataset {name}")
 
 
@@ -126,8 +146,12 @@ def read_split(root: Path, split: str) -> tuple[list, list, list[str], str]:
 
 
 # ----------------------------------------------------------------------------- raw loop
-def raw_loop(root: Path, budget_s: float, seed: int, arch: str) -> dict:
-    """The plain loop: about 50 lines of what a practitioner writes by hand."""
+def raw_loop(root: Path, budget_s: float, seed: int, arch: str, steps_cap: int = 0) -> dict:
+    """The plain loop: about 50 lines of what a practitioner writes by hand.
+
+    With ``steps_cap``, it runs exactly that many steps, cosine over the step share
+    (the step-matched comparison), instead of ``budget_s`` seconds.
+    """
     import segmentation_models_pytorch as smp
     import timm
 
@@ -176,9 +200,12 @@ def raw_loop(root: Path, budget_s: float, seed: int, arch: str) -> dict:
 
     start, steps = time.perf_counter(), 0
     model.train()
-    while (elapsed := time.perf_counter() - start) < budget_s:
+    while (elapsed := time.perf_counter() - start) < budget_s or steps < steps_cap:
+        if steps_cap and steps >= steps_cap:
+            break
+        share = steps / steps_cap if steps_cap else elapsed / budget_s
         for group in opt.param_groups:  # cosine over the elapsed share of the budget
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * elapsed / budget_s))
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * share))
         xs, ys = zip(*(sample() for _ in range(8)), strict=True)
         with amp:
             out = model(torch.stack(xs).to(device))
@@ -218,11 +245,19 @@ def score(result: dict) -> float:
 
 
 # ----------------------------------------------------------------------------- liandan
-def run_liandan(root: Path, out: Path, budget: str, seed: int) -> dict:
+def run_liandan(
+    root: Path, out: Path, budget: str, seed: int, steps: int = 0, extra: tuple[str, ...] = ()
+) -> dict:
+    """``liandan train DATA --budget B``; with ``steps``, exactly that many optimizer steps
+    in 5 epochs, no budget, the warmup the budget would give (5% of the steps)."""
     name = f"s{seed}"
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "liandan.cli", "train", str(root), "--budget", budget,
-           "--out", str(out), "--name", name, f"train.seed={seed}", "train.progress=false"]  # fmt: skip
+    length = ["--budget", budget]
+    if steps:
+        length = [f"train.epochs={STEP_EPOCHS}", f"train.steps_per_epoch={steps // STEP_EPOCHS}",
+                  f"schedule.warmup_epochs={0.05 * STEP_EPOCHS:g}", "train.patience=null"]  # fmt: skip
+    cmd = [sys.executable, "-m", "liandan.cli", "train", str(root), *length, "--out", str(out),
+           "--name", name, f"train.seed={seed}", "train.progress=false", *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     run = out / name
@@ -230,7 +265,12 @@ def run_liandan(root: Path, out: Path, budget: str, seed: int) -> dict:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         return {"error": proc.returncode, "wall_s": wall}
     metrics = json.loads((run / "metrics.json").read_text())
-    budget_info = json.loads((run / "budget.json").read_text())
+    budget_file = run / "budget.json"
+    budget_info = json.loads(budget_file.read_text()) if budget_file.exists() else {}
+    if not budget_info:  # step-matched: the steps and time from the history
+        history = (run / "history.csv").read_text().splitlines()
+        last = dict(zip(history[0].split(","), history[-1].split(","), strict=False))
+        budget_info = {"steps_run": int(last["step"]), "train_s_used": float(last["time_s"])}
     cfg = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
     task = metrics["task"]
     weights = (run / "model" / "weights.safetensors").stat().st_size
@@ -261,8 +301,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", default="5m")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", default=["dubai", "demo-segment", "demo-classify"])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["dubai", "digits", "demo-segment", "demo-classify"]
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not append")
+    parser.add_argument("--steps", type=int, default=0, help="step-matched instead: both run "
+                        "exactly this many optimizer steps (no budget; load does not matter)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for liandan's runs (ablations)",
+    )
+    parser.add_argument("--only", choices=["liandan", "loop"], help="run one side only")
     args = parser.parse_args()
     from liandan.config import parse_duration
 
@@ -275,12 +327,15 @@ def main() -> None:
             root = make_dataset(name, Path(tmp) / name)
             ours, theirs = [], []
             for seed in args.seeds:
-                ours.append(run_liandan(root, Path(tmp) / f"runs-{name}", args.budget, seed))
-                arch = ours[-1].get("arch", "resnet18")
-                raw = raw_loop(root, budget_s, seed, arch)
-                theirs.append({"score": score(raw), "steps": raw["steps"],
-                               "train_s": raw["train_s"]})  # fmt: skip
-                print(name, seed, ours[-1], theirs[-1], flush=True)
+                if args.only != "loop":
+                    ours.append(run_liandan(root, Path(tmp) / f"runs-{name}", args.budget, seed,
+                                            args.steps, tuple(args.set)))  # fmt: skip
+                if args.only != "liandan":
+                    arch = ours[-1].get("arch", "resnet18") if ours else "resnet18"
+                    raw = raw_loop(root, budget_s, seed, arch, args.steps)
+                    theirs.append({"score": score(raw), "steps": raw["steps"],
+                                   "train_s": raw["train_s"]})  # fmt: skip
+                print(name, seed, ours[-1:], theirs[-1:], flush=True)
             rows.append((name, ours, theirs))
     load_end = os.getloadavg()
     text = report(rows, args, load_start, load_end, budget_s)
@@ -302,8 +357,20 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
     import segmentation_models_pytorch
 
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if args.steps:
+        title = f"step-matched, {args.steps} optimizer steps"
+        how = (f"liandan: `liandan train DATA train.epochs={STEP_EPOCHS} "
+               f"train.steps_per_epoch={args.steps // STEP_EPOCHS}` with a 5% warmup, no budget; "
+               f"the loop: {args.steps} steps, cosine over the step share")  # fmt: skip
+    else:
+        title = f"{args.budget} budget"
+        how = (f"liandan: `liandan train DATA --budget {args.budget}` (the whole command, "
+               f"metrics.json); the loop: {budget_s:.0f} s of training alone")  # fmt: skip
+    flags = f" --steps {args.steps}" if args.steps else ""
+    flags += f" --set {' '.join(args.set)}" if args.set else ""
+    flags += f" --only {args.only}" if args.only else ""
     lines = [
-        f"## liandan vs a plain PyTorch loop, {args.budget} budget — {when}",
+        f"## liandan vs a plain PyTorch loop, {title} — {when}",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "
@@ -311,12 +378,10 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
         f"{load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, at the end "
         f"{load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f}. torch {torch.__version__}, "
         f"lightning {lightning.__version__}, smp {segmentation_models_pytorch.__version__}. "
-        f"Seeds {args.seeds}, interleaved (liandan, then the loop, per seed). liandan: "
-        f"`liandan train DATA --budget {args.budget}` (the whole command, metrics.json); the "
-        f"loop: {budget_s:.0f} s of training alone. Metric: validation mean IoU (segment) or "
-        "macro F1 (classify). Command: `python benchmarks/vs_raw_loop.py --budget "
-        f"{args.budget} --seeds {' '.join(map(str, args.seeds))} --datasets "
-        f"{' '.join(args.datasets)}`.",
+        f"Seeds {args.seeds}, interleaved (liandan, then the loop, per seed). {how}. Metric: "
+        "validation mean IoU (segment) or macro F1 (classify). Command: "
+        f"`python benchmarks/vs_raw_loop.py --budget {args.budget} --seeds "
+        f"{' '.join(map(str, args.seeds))} --datasets {' '.join(args.datasets)}{flags}`.",
         "",
         "| dataset | liandan | plain loop | liandan / loop | liandan steps/s (all included) | "
         "loop steps/s (training only) | ratio | liandan wall s (of budget) | final lr / peak | "
@@ -330,7 +395,7 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
         ours_rate = [o["steps"] / o["wall_s"] for o in ok]
         loop_rate = [t["steps"] / t["train_s"] for t in theirs]
         ratio = statistics.mean(a) / statistics.mean(b) if a and b and statistics.mean(b) else 0
-        speed = statistics.mean(ours_rate) / statistics.mean(loop_rate) if ok else 0
+        speed = statistics.mean(ours_rate) / statistics.mean(loop_rate) if ok and theirs else 0
         walls = ", ".join(f"{o['wall_s']:.0f}" for o in ours)
         lrs = ", ".join(f"{o['final_lr'] / o['peak_lr']:.3f}" for o in ok)
         folders = ", ".join(f"{o['folder_mb']:.0f} ({o['limit_mb']:.0f})" for o in ok)
