@@ -248,7 +248,7 @@ def test_wrong_type_in_file_names_the_key(tmp_path: Path) -> None:
         ("data.bands=red", "data.bands"),
         ("optim.name=adamx", "optim.name"),
         ("train.devices=lots", "train.devices"),
-        ("task=detect", "task"),
+        ("task=detection-ish", "task"),
     ],
 )
 def test_wrong_type_override_names_the_key(override: str, key: str) -> None:
