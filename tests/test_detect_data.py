@@ -50,7 +50,9 @@ def test_boxes_frame_their_objects_under_every_transform(tmp_path: Path) -> None
         hflip=0.5,
         vflip=0.5,
         rotate90=0.5,
-        colour=False,
+        brightness_contrast=0.0,
+        hue_saturation=0.0,
+        gamma=0.0,
         seed=1,
     )
     orientations = set()
@@ -80,7 +82,9 @@ def test_cut_remnants_below_min_visibility_are_dropped(tmp_path: Path) -> None:
         train=True,
         scale=(2.0, 2.0),
         hflip=0.0,
-        colour=False,
+        brightness_contrast=0.0,
+        hue_saturation=0.0,
+        gamma=0.0,
         min_visibility=0.4,
         seed=2,
     )
@@ -189,3 +193,76 @@ def test_demo_is_a_clean_yolo_dataset_and_repeats(tmp_path: Path) -> None:
     assert truth["crs"] == "EPSG:32633" and len(truth["boxes"]) == len(truth["classes"]) > 0
     with pytest.raises(FileExistsError):
         make_detect_demo(root)
+
+
+# ------------------------------------------------------------------ colour
+def graded(tmp_path: Path, size: int = 32) -> ImageBoxes:
+    """An RGB image of mid-grey values (none at 0 or 255, so a gamma curve shows) with
+    one box; training at ``size`` with scale 1 and no flips leaves its geometry alone."""
+    rng = np.random.default_rng(4)
+    image = rng.integers(30, 226, (size, size, 3)).astype(np.uint8)
+    path = tmp_path / "graded.png"
+    Image.fromarray(image).save(path)
+    return ImageBoxes(path, size, size, [[4, 4, 20, 20]], [0])
+
+
+def detect_datasets(rec: ImageBoxes, **augment: float) -> tuple[DetectionData, DetectionData]:
+    """Detection's training and validation datasets as ``liandan train`` builds them,
+    with the config's ``augment`` section set to ``augment`` (scale 1, no flips)."""
+    from types import SimpleNamespace
+
+    from liandan.config import Config
+    from liandan.data.layouts import Sample
+    from liandan.tasks import get_task
+
+    section = {"hflip": 0.0, "scale": [1.0, 1.0], **augment}
+    cfg = Config.from_dict(
+        {"task": "detect", "data": {"image_size": rec.width}, "augment": section}
+    )
+    checked = SimpleNamespace(
+        index=SimpleNamespace(source=SimpleNamespace(images=[rec])), images={}
+    )
+    splits = {"train": [Sample(rec.path, 0, "train")], "val": [Sample(rec.path, 0, "val")]}
+    return get_task("detect").build_datasets(cfg, checked, splits, None)  # type: ignore[arg-type]
+
+
+def test_gamma_alone_changes_images_only_by_a_gamma_curve(tmp_path: Path) -> None:
+    rec = graded(tmp_path)
+    train, val = detect_datasets(rec, gamma=1.0)
+    plain = val[0][0].numpy().astype(np.float64)  # the image in 0-1, untouched
+    gammas = []
+    for _ in range(30):
+        image, target = train[0]
+        np.testing.assert_allclose(target["boxes"].numpy(), [[4, 4, 20, 20]])
+        seen = image.numpy().astype(np.float64)
+        # out = in ** g, one g per band: log(out) / log(in) is the same for every pixel
+        ratio = np.log(seen) / np.log(plain)
+        for band in ratio:
+            assert np.ptp(band) < 1e-3, "a change other than a gamma curve"
+        gammas.append(ratio[:, 0, 0])
+    # gamma = 1: every image gets its curve (0.8-1.25 per band: at least one band shows)
+    assert np.all(np.abs(np.log(gammas)).max(axis=1) > 1e-2)
+
+
+def test_each_colour_change_has_its_own_probability(tmp_path: Path) -> None:
+    rec = graded(tmp_path)
+    _, val = detect_datasets(rec)
+    plain = val[0][0].numpy().astype(np.float64)
+    draws = 400
+    for key, p in (("brightness_contrast", 0.25), ("hue_saturation", 0.0)):
+        train, _ = detect_datasets(rec, **{key: p})
+        changed = 0
+        for _ in range(draws):
+            seen = train[0][0].numpy().astype(np.float64)
+            if not np.allclose(seen, plain, atol=1e-5):
+                changed += 1
+                if key == "brightness_contrast":  # x * c + b, the same for every band
+                    slope, offset = np.polyfit(plain.ravel(), seen.ravel(), 1)
+                    np.testing.assert_allclose(seen, plain * slope + offset, atol=1e-4)
+        # binomial: 400 draws at 0.25 have a standard deviation of about 0.022
+        assert abs(changed / draws - p) < 0.07, (key, changed / draws)
+
+
+def test_colour_probabilities_outside_0_to_1_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"gamma=1\.5"):
+        DetectionData([graded(tmp_path)], 32, train=True, gamma=1.5)

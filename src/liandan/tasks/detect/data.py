@@ -11,8 +11,9 @@ any band count work) and brings each to a square ``image_size`` input with its b
 - **training** starts from the same letterbox, then zooms by a random factor in
   ``scale``, pads to ``image_size`` at a random place when smaller, and crops
   ``image_size`` around at least one box (albumentations' ``AtLeastOneBBoxRandomCrop``);
-  then flips and 90° rotations, and colour changes (brightness/contrast and gamma per
-  image, hue/saturation for RGB) on the raw values scaled to 0-1 by the dtype's maximum.
+  then flips and 90° rotations, and colour changes (:class:`ColourJitter`:
+  brightness/contrast and gamma per image, hue/saturation for RGB, each with its own
+  probability) on the raw values scaled to 0-1 by the dtype's maximum.
 
 Boxes follow every geometric step (albumentations' ``bbox_params``, ``pascal_voc``
 format, which is liandan's frame: absolute pixel ``x1 y1 x2 y2`` on ``[0, W] x [0, H]``);
@@ -28,6 +29,7 @@ Normalizer` (its ``to_chw``), any ``(H, W, C) -> (H, W, C)`` callable, or a per-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import albumentations as A
@@ -47,6 +49,7 @@ MIN_SIDE = 2.0  # px; a thinner remnant is no object to learn from
 COLOUR_LIMIT = 0.2  # brightness and contrast change, fraction of full intensity
 
 __all__ = [
+    "ColourJitter",
     "DetectionData",
     "detection_collate",
     "letterbox",
@@ -97,18 +100,38 @@ def to_original(boxes: np.ndarray | torch.Tensor, scale: Sequence[float]) -> np.
     return np.asarray(boxes, np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
 
 
-def _colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Brightness/contrast and gamma per image (any band count), hue/saturation for RGB,
-    each with probability 1/2, on values in 0-1."""
-    if x.shape[-1] == 3 and rng.random() < 0.5:
-        x = hue_saturation(x, rng)
-    if rng.random() < 0.5:
-        x = random_gamma(x, rng)
-    if rng.random() < 0.5:
-        contrast = 1.0 + rng.uniform(-COLOUR_LIMIT, COLOUR_LIMIT)
-        brightness = rng.uniform(-COLOUR_LIMIT, COLOUR_LIMIT) * float(x.mean())
-        x = np.clip(x * np.float32(contrast) + np.float32(brightness), 0.0, None)
-    return x.astype(np.float32, copy=False)
+@dataclass(frozen=True)
+class ColourJitter:
+    """Random colour changes of a training image, each with its own probability (0:
+    never), in this order on values in 0-1: hue/saturation (RGB images only), gamma per
+    band, then brightness/contrast (the same for every band).
+
+    Each probability is ``augment.<name>`` of the config, as for the other tasks.
+    """
+
+    brightness_contrast: float = 0.0
+    hue_saturation: float = 0.0
+    gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={v}" for k, v in asdict(self).items() if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"colour probabilities must be in [0, 1], not {', '.join(bad)}")
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for v in asdict(self).values())
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.hue_saturation and x.shape[-1] == 3 and rng.random() < self.hue_saturation:
+            x = hue_saturation(x, rng)
+        if self.gamma and rng.random() < self.gamma:
+            x = random_gamma(x, rng)
+        if self.brightness_contrast and rng.random() < self.brightness_contrast:
+            contrast = 1.0 + rng.uniform(-COLOUR_LIMIT, COLOUR_LIMIT)
+            brightness = rng.uniform(-COLOUR_LIMIT, COLOUR_LIMIT) * float(x.mean())
+            x = np.clip(x * np.float32(contrast) + np.float32(brightness), 0.0, None)
+        return x.astype(np.float32, copy=False)
 
 
 class BoxAugment(AugmentPipeline):
@@ -118,13 +141,13 @@ class BoxAugment(AugmentPipeline):
     def __init__(
         self,
         geometric: list[Any],
-        colour: bool,
+        colour: ColourJitter,
         *,
         min_visibility: float,
         min_side: float,
         seed: int,
     ) -> None:
-        super().__init__([], [_colour] if colour else [], seed=seed)
+        super().__init__([], [colour] if colour.active else [], seed=seed)
         params = A.BboxParams(
             format="pascal_voc",
             label_fields=["labels"],
@@ -149,7 +172,9 @@ class DetectionData(Dataset):
         scale: training zoom range, as a factor on the letterboxed side.
         hflip, vflip, rotate90: probabilities of a horizontal flip, a vertical flip and
             a random multiple of 90° (training).
-        colour: random brightness/contrast, gamma and (RGB) hue/saturation (training).
+        brightness_contrast, hue_saturation, gamma: probabilities of a random
+            brightness/contrast change, a hue/saturation shift (RGB images only) and a
+            gamma curve per band (training; :class:`ColourJitter`).
         min_visibility: a box cut by a crop is dropped when less of its area is left.
         min_side: ... or when it is thinner than this, in input pixels.
         seed: seeds the random transforms.
@@ -173,7 +198,9 @@ class DetectionData(Dataset):
         hflip: float = 0.5,
         vflip: float = 0.0,
         rotate90: float = 0.0,
-        colour: bool = True,
+        brightness_contrast: float = 0.5,
+        hue_saturation: float = 0.5,
+        gamma: float = 0.5,
         min_visibility: float = MIN_VISIBILITY,
         min_side: float = MIN_SIDE,
         seed: int = 0,
@@ -205,6 +232,7 @@ class DetectionData(Dataset):
                 ops.append(A.VerticalFlip(p=vflip))
             if rotate90:
                 ops.append(A.RandomRotate90(p=rotate90))
+            colour = ColourJitter(brightness_contrast, hue_saturation, gamma)
             self.augment = BoxAugment(
                 ops, colour, min_visibility=min_visibility, min_side=min_side, seed=seed
             )

@@ -291,7 +291,9 @@ class Detect(Task):
             hflip=aug.hflip,
             vflip=aug.vflip,
             rotate90=aug.rotate90,
-            colour=max(aug.brightness_contrast, aug.hue_saturation, aug.gamma) > 0,
+            brightness_contrast=aug.brightness_contrast,
+            hue_saturation=aug.hue_saturation,
+            gamma=aug.gamma,
             seed=cfg.train.seed,
             **common,
         )
