@@ -73,11 +73,46 @@ def exit_code(exc: BaseException, console: Console, *, debug: bool) -> int:
 
 def show_metrics(console: Console, metrics: dict[str, Any], title: str) -> None:
     """The overall and per-class metric tables, then ``title`` (rich markup)."""
-    from liandan.metrics import metrics_table, per_class_table
+    from liandan.metrics import metrics_table
 
     console.print(metrics_table(metrics))
     console.print(per_class_table(metrics))
     console.print(title)
+
+
+def per_class_columns(metrics: dict[str, Any]) -> list[str]:
+    """The per-class metrics a metrics dict holds, as the task's evaluation wrote them:
+    liandan's usual ones first in their usual order (precision ... support), then any
+    other in the order the classes' rows first list them (detection's ``ap``, ``tp``
+    ...; classification's ``roc_auc``)."""
+    from liandan.metrics import PER_CLASS_KEYS
+
+    seen = dict.fromkeys(k for row in metrics["per_class"].values() for k in row)
+    return [k for k in PER_CLASS_KEYS if k in seen] + [k for k in seen if k not in PER_CLASS_KEYS]
+
+
+def per_class_table(metrics: dict[str, Any]) -> Any:
+    """A rich table with one row per class and one column per metric of
+    :func:`per_class_columns` (a value a class lacks, or None, shown as "—")."""
+    from rich.table import Table
+
+    beta = metrics.get("overall", {}).get("beta")
+    keys = per_class_columns(metrics)
+    table = Table(title="per class")
+    table.add_column("class")
+    for key in keys:
+        label = f"F{beta:g}" if key == "fbeta" and beta is not None else key.replace("_", " ")
+        table.add_column(label, justify="right")
+    for name in metrics["classes"]:
+        row = metrics["per_class"].get(name, {})
+        table.add_row(q(name), *(_cell(row.get(key)) for key in keys))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if isinstance(value, float) else q(value)
 
 
 def compare_table(result: dict[str, Any], split: str) -> Any:
