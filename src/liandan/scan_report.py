@@ -389,6 +389,14 @@ def _records(
     return out, len(todo)
 
 
+def _layout_files(index: Any) -> set[Path]:
+    """Label and metadata files the layout's reader read besides the samples' images and
+    masks: a task's own reader (``index.source``) lists them with ``files_read()``
+    (detection: YOLO's data.yaml, COCO JSON files)."""
+    read = getattr(index.source, "files_read", None)
+    return set(read()) if callable(read) else set()
+
+
 def _stray_files(root: Path, used: set[Path]) -> list[Problem]:
     """Files in the dataset folder that are neither samples nor known side files."""
     found = []
@@ -446,7 +454,7 @@ def scan(
     problems += _label_grid_problems(index, records)
     notes = list(index.notes)
     problems += check_records(index, records, notes, lossy_masks)
-    problems += _stray_files(root, {p for p, _ in paths})
+    problems += _stray_files(root, {p for p, _ in paths} | _layout_files(index))
     fingerprint = build_fingerprint(index, records, nodata, lossy_masks)
     return ScanReport(
         root, problems, fingerprint, notes, decoded=decoded, cached=len(records) - decoded

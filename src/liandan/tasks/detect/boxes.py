@@ -126,6 +126,8 @@ class DetectionDataset:
         class_names: in class-index order.
         images: one record per usable image, background images included.
         problems: what could not be read; :func:`validate` adds the box checks.
+        side_files: files read besides the images' own label files (YOLO's
+            ``data.yaml`` or ``classes.txt``, a COCO JSON).
     """
 
     root: Path
@@ -133,6 +135,12 @@ class DetectionDataset:
     class_names: list[str]
     images: list[ImageBoxes]
     problems: list[Problem] = field(default_factory=list)
+    side_files: list[Path] = field(default_factory=list)
+
+    def files_read(self) -> set[Path]:
+        """Every label and metadata file the reader read: ``liandan scan`` does not list
+        them as stray files."""
+        return {*self.side_files, *(r.label_file for r in self.images if r.label_file)}
 
 
 def header_size(path: Path) -> tuple[int, int]:

@@ -139,7 +139,7 @@ def read_coco(
                 label_file=path, refs=[row[4] for row in found],
             )  # fmt: skip
         images.append(rec)
-    return DetectionDataset(path, "coco", names, images, problems)
+    return DetectionDataset(path, "coco", names, images, problems, side_files=[path])
 
 
 def _coco_annotation(

@@ -36,37 +36,40 @@ def _split_of(rel: Path) -> str | None:
     return next((s for part in rel.parts[:-1] if (s := split_name(part))), None)
 
 
+def _names_file(root: Path) -> Path | None:
+    """The file the class names are read from: ``data.yaml``, ``dataset.yaml`` or
+    ``classes.txt`` (in DATA or DATA/labels), the first there is."""
+    candidates = ("data.yaml", "dataset.yaml", "classes.txt", "labels/classes.txt")
+    return next((root / c for c in candidates if (root / c).is_file()), None)
+
+
 def _yolo_names(root: Path) -> list[str] | None:
     import yaml
 
-    for name in ("data.yaml", "dataset.yaml"):
-        path = root / name
-        if not path.is_file():
-            continue
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read {name}: {exc}", where=path) from None
-        names = data.get("names") if isinstance(data, dict) else None
-        if isinstance(names, dict):
-            if sorted(names) != list(range(len(names))):
-                raise DataError(
-                    f"'names' keys must be the class ids 0..{len(names) - 1}, got {sorted(names)}",
-                    where=path,
-                )
-            names = [names[i] for i in range(len(names))]
-        if not isinstance(names, list):
-            raise DataError("no 'names' list (or {id: name} mapping)", where=path)
-        nc = data.get("nc")
-        if nc is not None and nc != len(names):
-            raise DataError(f"'nc' is {nc} but 'names' lists {len(names)} classes", where=path)
-        return [str(n) for n in names]
-    for path in (root / "classes.txt", root / "labels" / "classes.txt"):
-        if path.is_file():
-            return [
-                ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()
-            ]
-    return None
+    path = _names_file(root)
+    if path is None:
+        return None
+    if path.suffix == ".txt":
+        text = path.read_text(encoding="utf-8-sig")
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path.name}: {exc}", where=path) from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise DataError(
+                f"'names' keys must be the class ids 0..{len(names) - 1}, got {sorted(names)}",
+                where=path,
+            )
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list):
+        raise DataError("no 'names' list (or {id: name} mapping)", where=path)
+    nc = data.get("nc")
+    if nc is not None and nc != len(names):
+        raise DataError(f"'nc' is {nc} but 'names' lists {len(names)} classes", where=path)
+    return [str(n) for n in names]
 
 
 def _label_path(rel: Path) -> Path | None:
@@ -189,4 +192,5 @@ def read_yolo(root: str | Path, class_names: Sequence[str] | None = None) -> Det
     if names is None:
         top = max((int(r.classes.max()) for r in images if len(r.classes)), default=-1)
         names = [str(i) for i in range(top + 1)]
-    return DetectionDataset(root, "yolo", names, images, problems)
+    read = [f] if class_names is None and (f := _names_file(root)) is not None else []
+    return DetectionDataset(root, "yolo", names, images, problems, side_files=read)
