@@ -227,3 +227,23 @@ def test_a_yolo_folder_is_planned_and_the_plan_names_its_layout(
     assert plan["task"] == "detect" and plan["data"]["layout"] == "yolo"
     cfg = Config.load(out, [])
     assert cfg.data.layout == "yolo"
+
+
+def test_several_devices_are_refused_before_anything_is_written(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liandan.api import train_config
+    from liandan.data.datamodule import build_data
+    from liandan.errors import ConfigError
+
+    several = [*QUICK, "train.accelerator=cpu", "train.devices=2"]
+    cfg, _ = train_config(shapes, None, several[1:], plan=False)
+    with pytest.raises(ConfigError) as err:
+        build_data(cfg)  # the data is built before a run folder is made
+    assert err.value.where == "train.devices"
+    runs = tmp_path / "runs"
+    assert main(["train", str(shapes), *several, "--out", str(runs)]) == 1
+    out = capsys.readouterr().err
+    assert "training on several devices or machines is not yet available for detection" in out
+    assert "train.devices" in out
+    assert not runs.exists() or not any(runs.iterdir())

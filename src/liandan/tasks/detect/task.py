@@ -137,17 +137,23 @@ class Detect(Task):
         "report": "metrics.json and history.csv hold the run's metrics and curves",
         "folds": "train one run (data.folds pools confusion matrices and averages "
         "class probabilities, which boxes do not have)",
+        "devices": "train detection on one device (train.devices=1, train.num_nodes=1): "
+        "validation gathers its boxes on one process only",
+    }
+    # what a refusal names, and the key it points at, where that is not `liandan <command>`
+    REFUSED_AS: ClassVar[dict[str, tuple[str, str]]] = {
+        "folds": ("k-fold training (--folds, data.folds)", "data.folds"),
+        "devices": ("training on several devices or machines", "train.devices"),
     }
 
     def refuse(self, command: str) -> None:
         from liandan.errors import ConfigError
 
         if command in self.NOT_YET:
-            folds = command == "folds"
-            what = "k-fold training (--folds, data.folds)" if folds else f"liandan {command}"
+            what, where = self.REFUSED_AS.get(command, (f"liandan {command}", command))
             raise ConfigError(
                 f"{what} is not yet available for detection",
-                where="data.folds" if folds else command,
+                where=where,
                 hint=self.NOT_YET[command],
             )
 
@@ -274,8 +280,11 @@ class Detect(Task):
         splits: dict[str, list[Sample]],
         normalizer: Normalizer,
     ) -> tuple[Any, Any]:
+        from liandan.engine.distributed import process_count
         from liandan.tasks.detect.data import DetectionData
 
+        if process_count(cfg) > 1:  # before a run folder is made, not at the first validation
+            self.refuse("devices")
         aug = cfg.augment
         scale = tuple(aug.scale)
         common: dict[str, Any] = {
