@@ -29,6 +29,7 @@ import rasterio
 import torch
 from PIL import Image
 
+import liandan.engine.trainer as trainer_module
 from conftest import make_imagefolder, make_pairs, seg_pair, write_geotiff
 from liandan.api import _class_weights, model_meta, resolve_auto, train_config
 from liandan.cli import main
@@ -392,7 +393,14 @@ def obs_predictor(b: Built) -> Any:
     return p.tile, p.overlap, p.blend, p.tta, p.batch_size, str(p.autocast)
 
 
-NEEDS_MONKEYPATCH = {obs_on_a_gpu_machine}
+def obs_precision_on_a_plain_cpu(b: Built, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The training precision on a CPU without bf16 instructions (auto: float32 there,
+    bf16 autocast where the CPU has them: the default differs between machines)."""
+    monkeypatch.setattr(trainer_module, "cpu_bf16_native", lambda: False)
+    return resolve_precision(b.cfg)
+
+
+NEEDS_MONKEYPATCH = {obs_on_a_gpu_machine, obs_precision_on_a_plain_cpu}
 
 
 # ------------------------------------------------------------------ the table
@@ -519,7 +527,7 @@ EFFECTS: dict[str, Effect] = {
     ),
     "train.compile": E("true", obs_compiled),
     "train.accelerator": E("cpu", obs_on_a_gpu_machine),
-    "train.precision": E("bf16-mixed", obs_trainer),
+    "train.precision": E("bf16-mixed", obs_precision_on_a_plain_cpu),
     "train.num_workers": E("1", obs_loaders),
     "train.steps_per_epoch": E("3", obs_trainer),
     "train.val_patches": E("2", obs_loaders),

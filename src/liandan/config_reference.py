@@ -80,7 +80,9 @@ DESCRIPTIONS = {
     "train.seed": "seeds the validation split, the weights and the augmentation",
     "train.devices": "number of devices (GPUs) to train on; auto: what is available",
     "train.accelerator": "auto uses a GPU when one is present",
-    "train.precision": "auto: bf16-mixed (or 16-mixed) on a GPU, 32 on the CPU",
+    "train.precision": "auto: bf16-mixed (or 16-mixed) on a GPU; on the CPU bf16-mixed where it "
+    "has bf16 instructions (x86 `avx512_bf16` or `amx_bf16` in /proc/cpuinfo), else 32; "
+    "weights stay float32",
     "train.num_workers": "data-loading processes; auto: none when the decoded data is cached "
     "in memory, else one per core up to 8",
     "train.progress": "show a progress bar with the loss and metrics",
