@@ -196,3 +196,32 @@ def test_lr_range_test_takes_at_most_a_tenth_of_the_budget(tmp_path, monkeypatch
             saved["optim"]["lr"]
             == json.loads((result.run_dir / "lr_find.json").read_text())["suggestion"]
         )
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.bfloat16), ("32", None)])
+def test_time_probe_times_steps_in_the_training_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, dtype: torch.dtype | None
+) -> None:
+    """The probe that sizes epochs and the schedule times the steps training will take:
+    under bf16 autocast when the Trainer uses it (twice as fast on a bf16 CPU)."""
+    from liandan.api import _class_weights, resolve_auto
+    from liandan.config import Config
+    from liandan.data.datamodule import build_data
+    from liandan.engine.budget import time_probe
+    from liandan.tasks.classify import Classify
+
+    root = make_imagefolder(tmp_path / "cls", n_per_class=4)
+    cfg = Config.load(None, [*FAST_CLS, f"data.root={root}", f"train.precision={precision}"])
+    bundle = build_data(cfg)
+    resolve_auto(cfg, bundle)
+    seen = []
+    original = Classify.batch_loss
+
+    def batch_loss(self, model, criterion, x, y):  # type: ignore[no-untyped-def]
+        on = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return original(self, model, criterion, x, y)
+
+    monkeypatch.setattr(Classify, "batch_loss", batch_loss)
+    probe = time_probe(cfg, bundle, _class_weights(cfg, bundle))
+    assert probe["step_s"] > 0 and seen and set(seen) == {dtype}

@@ -323,6 +323,7 @@ def lr_find_for_config(
         steps, start_lr, end_lr, method: see :func:`find_lr`.
     """
     from liandan.engine.task import LiandanTask
+    from liandan.engine.trainer import resolve_precision, training_autocast
     from liandan.models import encoder_parameters
     from liandan.optim import build_optimizer
 
@@ -335,6 +336,15 @@ def lr_find_for_config(
             return build_optimizer(model, unit, encoder_params=encoder_parameters(model))
 
         use_gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu")
+        device = torch.device("cuda" if use_gpu else "cpu")
+        bf16 = resolve_precision(cfg) == "bf16-mixed"  # fp16 would need the run's scaler
+
+        def batch_loss(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: Any) -> Any:
+            if not bf16:
+                return task.spec.batch_loss(model, criterion, x, y)
+            with training_autocast(cfg, device):  # the losses of the precision training uses
+                return task.spec.batch_loss(model, criterion, x, y)
+
         return find_lr(
             task.model,
             bundle.train_loader,
@@ -345,8 +355,8 @@ def lr_find_for_config(
             steps=steps,
             method=method,
             seed=cfg.train.seed,
-            device="cuda" if use_gpu else "cpu",
-            batch_loss=task.spec.batch_loss,
+            device=device,
+            batch_loss=batch_loss,
         )
     finally:
         _set_rng_state(bundle.train_loader, rng)

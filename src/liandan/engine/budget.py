@@ -121,6 +121,7 @@ def time_probe(
     from lightning.pytorch.utilities import move_data_to_device
 
     from liandan.engine.task import LiandanTask
+    from liandan.engine.trainer import training_autocast
     from liandan.lr_find import _rng_state, _set_rng_state
 
     state = _rng_state(bundle.train_loader)
@@ -146,7 +147,10 @@ def time_probe(
                 batches = iter(bundle.train_loader)
                 x, y = next(batches)
             start = time.perf_counter()
-            loss = spec.batch_loss(model, criterion, x.to(device), move_data_to_device(y, device))
+            with training_autocast(cfg, device):  # the Trainer's precision: bf16 is faster
+                loss = spec.batch_loss(
+                    model, criterion, x.to(device), move_data_to_device(y, device)
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -158,7 +162,8 @@ def time_probe(
         with torch.no_grad():
             for i, (x, _) in enumerate(bundle.val_loader):
                 start = time.perf_counter()
-                model(x.to(device))
+                with training_autocast(cfg, device):
+                    model(x.to(device))
                 sync()
                 val_times.append(time.perf_counter() - start)
                 if i >= 2:

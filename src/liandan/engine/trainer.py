@@ -99,6 +99,17 @@ def resolve_precision(cfg: Config) -> str:
     return "bf16-mixed" if accelerator_is_cpu(cfg) and cpu_bf16_native() else "32"
 
 
+def training_autocast(cfg: Config, device: torch.device) -> torch.autocast:
+    """The autocast a Trainer of ``cfg`` applies to forward passes on ``device``, for
+    probes that time or size training steps outside the Trainer (16-mixed is bf16 on
+    a CPU, as in Lightning)."""
+    precision = resolve_precision(cfg)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is torch.float16 and device.type == "cpu":
+        dtype = torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def quiet_lightning() -> None:
     """Keep Lightning's start-up chatter (tips, device summaries) off the console."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
