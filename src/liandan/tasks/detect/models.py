@@ -136,6 +136,29 @@ class Detector(nn.Module):
         self.strides = strides  # of the pyramid levels, finest first
         # Faster R-CNN's class 0 is background; its foreground classes are 1..K
         self.label_offset = 1 if arch == "fasterrcnn" else 0
+        # as built: the score floor (low, for mAP) and the arch's own NMS IoU
+        self.built_postprocess = self.postprocess
+
+    @property
+    def _postprocessor(self) -> Any:
+        """The module holding torchvision's ``score_thresh`` and ``nms_thresh``."""
+        return self.model.roi_heads if self.label_offset else self.model
+
+    @property
+    def postprocess(self) -> tuple[float, float]:
+        """``(score floor, NMS IoU)`` in use: detections scoring at or below the floor are
+        dropped before the per-class non-maximum suppression, which removes a box
+        overlapping a better-scoring one of its class by more than the IoU."""
+        head = self._postprocessor
+        return float(head.score_thresh), float(head.nms_thresh)
+
+    def set_postprocess(self, score_floor: float | None, nms_iou: float | None) -> None:
+        """Set the score floor and the NMS IoU; None: the value the detector was built
+        with (``nms_iou`` None: the architecture's own, 0.6 for FCOS, 0.5 otherwise)."""
+        floor, iou = self.built_postprocess
+        head = self._postprocessor
+        head.score_thresh = floor if score_floor is None else float(score_floor)
+        head.nms_thresh = iou if nms_iou is None else float(nms_iou)
 
     @property
     def encoder(self) -> nn.Module:

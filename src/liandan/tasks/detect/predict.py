@@ -2,9 +2,10 @@
 
 Each image is letterboxed to the model's input side as in validation, normalized, and
 its detections mapped back to the image's own pixels. Kept are the detections scoring
-at least :data:`SCORE_THRESHOLD` (the score threshold of metrics.json's precision and
-recall); the detector's own non-maximum suppression has already merged overlapping
-boxes of one class.
+at least ``predict.score_threshold`` (default :data:`SCORE_THRESHOLD`, also the score
+threshold of metrics.json's precision and recall); the detector's own per-class
+non-maximum suppression, at ``predict.nms_iou`` (default: the architecture's own), has
+already merged overlapping boxes of one class.
 
 Outputs in the ``--out`` folder:
 
@@ -39,10 +40,32 @@ PALETTE = (
 )  # fmt: skip
 
 
+def postprocess_settings(predictor: Predictor) -> tuple[float, float | None]:
+    """The predictor's ``predict.score_threshold`` and ``predict.nms_iou`` (None: the
+    detector's own NMS IoU); a predictor without them keeps the defaults."""
+    threshold = getattr(predictor, "score_threshold", None)
+    nms_iou = getattr(predictor, "nms_iou", None)
+    return SCORE_THRESHOLD if threshold is None else float(threshold), nms_iou
+
+
+def configure_detector(predictor: Predictor) -> float:
+    """Set the predictor's detector to its NMS IoU, and its score floor low enough for
+    the score threshold; return the threshold (detections kept, and P/R/F1's)."""
+    from liandan.tasks.detect.models import Detector
+
+    threshold, nms_iou = postprocess_settings(predictor)
+    model = predictor.model
+    assert isinstance(model, Detector), "a detection run's model is a Detector"
+    floor, _ = model.built_postprocess
+    model.set_postprocess(min(floor, threshold), nms_iou)
+    return threshold
+
+
 def detect_array(predictor: Predictor, image: np.ndarray, path: Path | str) -> np.ndarray:
     """The detections of one raw ``(H, W, C)`` image: ``(N, 6)`` float32 rows of
     ``x1 y1 x2 y2 score class`` in the image's pixels, best first, score >= the
-    threshold."""
+    threshold (``predict.score_threshold``), after non-maximum suppression at
+    ``predict.nms_iou``."""
     import torch
 
     from liandan.errors import ConfigError
@@ -54,13 +77,14 @@ def detect_array(predictor: Predictor, image: np.ndarray, path: Path | str) -> n
             where="predict.tta",
             hint="set predict.tta=false (leave out --tta)",
         )
+    threshold = configure_detector(predictor)
     boxed, scale = letterbox(image, predictor.image_size)
     x = predictor.prepare(boxed, path).transpose(2, 0, 1)[None]
     batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(predictor.device)
     with torch.inference_mode():
         out = predictor.model(batch)[0]
     scores = out["scores"].float().cpu().numpy()
-    keep = scores >= SCORE_THRESHOLD
+    keep = scores >= threshold
     boxes = to_original(out["boxes"][torch.from_numpy(keep)], scale)
     h, w = image.shape[:2]
     boxes = np.clip(boxes, 0, [w, h, w, h])

@@ -84,12 +84,11 @@ class BoxMeter:
         return evaluate_detections(self.truth, self.preds, self.num_classes)
 
 
-def detection_metrics(
-    found: Any, class_names: list[str], split: str, score_threshold: float | None = None
-) -> dict[str, Any]:
+def detection_metrics(found: Any, class_names: list[str], split: str) -> dict[str, Any]:
     """metrics.json's dict of a :class:`~liandan.tasks.detect.metrics.DetectionMetrics`:
     ``overall`` (``map`` = mAP@[.5:.95], ``map50``, ``map75``, per size, recalls,
-    precision / recall / F1 at the score threshold), ``per_class`` and the
+    precision / recall / F1 at the score threshold ``found`` was evaluated at, and that
+    threshold), ``per_class`` and the
     ``(K + 1) x (K + 1)`` ``confusion_matrix`` (rows truth, last row and column
     background)."""
     summary = found.summary(class_names)
@@ -476,8 +475,11 @@ class Detect(Task):
         from torch.utils.data import DataLoader
 
         from liandan.tasks.detect.data import DetectionData, detection_collate
+        from liandan.tasks.detect.predict import configure_detector
         from liandan.tasks.detect.results import DetectionResults
 
+        # predict.nms_iou and predict.score_threshold (P/R/F1's), as liandan predict
+        threshold = configure_detector(predictor)
         records = records_of(checked.index, samples)
         data = DetectionData(
             records,
@@ -494,7 +496,7 @@ class Detect(Task):
                 meter.update(predictor.model(x.to(predictor.device)), targets)
         # the truth of the metrics is the records' own (crowd flags, COCO areas, and
         # boxes beyond the letterboxed input), not the input's clipped copy
-        found = _evaluate_records(records, meter.preds, len(predictor.classes))
+        found = _evaluate_records(records, meter.preds, len(predictor.classes), threshold)
         return DetectionResults(
             task=self.name,
             classes=list(predictor.classes),
@@ -511,10 +513,12 @@ class Detect(Task):
         return detection_metrics(results.found, class_names, split)  # type: ignore[attr-defined]
 
 
-def _evaluate_records(records: list[ImageBoxes], preds: list[Any], num_classes: int) -> Any:
+def _evaluate_records(
+    records: list[ImageBoxes], preds: list[Any], num_classes: int, score_threshold: float
+) -> Any:
     from liandan.tasks.detect.metrics import evaluate_detections
 
-    return evaluate_detections(records, preds, num_classes)
+    return evaluate_detections(records, preds, num_classes, score_threshold=score_threshold)
 
 
 def _display(root: Path, path: Path) -> str:
