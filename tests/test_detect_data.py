@@ -266,3 +266,10 @@ def test_each_colour_change_has_its_own_probability(tmp_path: Path) -> None:
 def test_colour_probabilities_outside_0_to_1_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"gamma=1\.5"):
         DetectionData([graded(tmp_path)], 32, train=True, gamma=1.5)
+
+
+def test_boxes_of_a_bf16_detector_map_back() -> None:
+    """Under bf16 autocast (a GPU's, or a CPU's with bf16 instructions) a detector's
+    boxes come out in bf16, which numpy cannot hold."""
+    boxes = torch.tensor([[8.0, 4.0, 40.0, 30.0]], dtype=torch.bfloat16)
+    np.testing.assert_allclose(to_original(boxes, (0.5, 0.5)), [[16.0, 8.0, 80.0, 60.0]])

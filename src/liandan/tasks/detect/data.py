@@ -95,7 +95,7 @@ def to_original(boxes: np.ndarray | torch.Tensor, scale: Sequence[float]) -> np.
         scale: ``(sx, sy)`` from the target's ``scale`` or :func:`letterbox_scale`.
     """
     if isinstance(boxes, torch.Tensor):
-        boxes = boxes.detach().cpu().numpy()
+        boxes = boxes.detach().float().cpu().numpy()  # bf16 under autocast
     sx, sy = (float(v) for v in scale)
     return np.asarray(boxes, np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
 
