@@ -159,3 +159,23 @@ def test_weights_file_of_a_detector_or_an_encoder(tmp_path) -> None:
     with pytest.raises(ConfigError, match="fit") as err:
         build_detector("fcos", ENCODER, 3, 3, 64, tmp_path / "bad.pt", **SMALL)
     assert err.value.where == "model.weights"
+
+
+@pytest.mark.parametrize("arch", ["fcos", "retinanet"])
+def test_extra_levels_run_in_float32_under_bf16_autocast(arch: str) -> None:
+    """P6 and P7 are 1 x 1 maps on a 64 px input; the CPU's bf16 convolution gave NaN
+    weight gradients there. Under autocast they run in float32 (finite gradients), the
+    other levels in bf16."""
+    torch.manual_seed(0)
+    det = build_detector(arch, "resnet18", 3, 3, 64)
+    backbone = det.model.backbone
+    x = torch.rand(2, 3, 64, 64)
+    with torch.autocast("cpu", torch.bfloat16):
+        levels = backbone(x)
+    dtypes = {name: level.dtype for name, level in levels.items()}
+    assert dtypes.pop("p6") == dtypes.pop("p7") == torch.float32, dtypes
+    assert set(dtypes.values()) == {torch.bfloat16}, dtypes  # the encoder's levels
+    assert levels["p7"].shape[-2:] == (1, 1)
+    sum(level.float().sum() for level in levels.values()).backward()
+    p7 = backbone.fpn.extra_blocks.p7.weight.grad
+    assert p7 is not None and torch.isfinite(p7).all()

@@ -45,8 +45,12 @@ def test_a_yolo_folder_trains_with_coco_metrics(trained: Path, shapes: Path) -> 
     assert metrics["task"] == "detect" and metrics["split"] == "val"
     assert metrics["classes"] == list(CLASS_NAMES)
     overall = metrics["overall"]
-    for key in ("map", "map50", "map75", "precision", "recall", "f1"):
+    for key in ("map", "map50", "map75", "recall", "f1"):
         assert 0.0 <= overall[key] <= 1.0, key
+    # precision is undefined (None), not 0, when no box scores above the threshold
+    predicted = sum(row[c] for row in metrics["confusion_matrix"] for c in range(3))
+    assert (overall["precision"] is None) == (predicted == 0), overall
+    assert overall["precision"] is None or 0.0 <= overall["precision"] <= 1.0
     assert overall["map50"] >= overall["map"] >= 0.0
     assert set(metrics["per_class"]) == set(CLASS_NAMES)
     k = len(CLASS_NAMES)

@@ -63,6 +63,26 @@ ASPECT_RATIOS = (0.5, 1.0, 2.0)  # height / width of the anchors (RetinaNet, Fas
 __all__ = ["ARCHS", "Detector", "TimmFPN", "build_detector"]
 
 
+class Float32P6P7(LastLevelP6P7):
+    """FCOS / RetinaNet's two extra levels (stride-2 convolutions on the coarsest one),
+    computed in float32 under autocast.
+
+    On a small input these levels are 1 x 1 or 2 x 2 maps, and the CPU's bf16
+    convolution returned NaN weight gradients for P7 on them (FCOS at 64 px, the third
+    step). Two small convolutions cost little in float32; parameters and state_dict
+    keys are the stock block's.
+    """
+
+    def forward(  # type: ignore[override]
+        self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]
+    ) -> tuple[list[torch.Tensor], list[str]]:
+        x = p[-1] if self.use_P5 else c[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            p6 = self.p6(x.float())
+            p7 = self.p7(nn.functional.relu(p6))
+        return [*p, p6, p7], [*names, "p6", "p7"]
+
+
 class TimmFPN(nn.Module):
     """A timm ``features_only`` encoder under torchvision's feature pyramid network.
 
@@ -83,9 +103,7 @@ class TimmFPN(nn.Module):
         self.body = body
         self.indices = indices
         channels = [body.feature_info.channels()[i] for i in indices]  # type: ignore[union-attr,operator]
-        blocks = (
-            LastLevelP6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
-        )
+        blocks = Float32P6P7(out_channels, out_channels) if extra == "p6p7" else LastLevelMaxPool()
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=blocks)
         self.out_channels = out_channels
 
