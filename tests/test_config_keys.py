@@ -47,6 +47,7 @@ from test_rasters import make_scene
 COMMON = {
     "seg": ["data.image_size=32", "model.encoder=mobilenet_v2", "predict.tile=64"],
     "cls": ["data.image_size=32", "model.arch=lenet", "predict.tile=64"],
+    "det": ["data.image_size=64", "model.encoder=test_resnet"],
 }
 
 
@@ -131,6 +132,13 @@ def _coarse(root: Path) -> Path:
     return root
 
 
+def _det(root: Path) -> Path:
+    """The detection demo's shapes, tiny: a YOLO folder of 6 training, 2 validation images."""
+    from liandan.tasks.detect.demo import make_detect_demo
+
+    return make_detect_demo(root, n_train=6, n_val=2, size=64, scene_size=64)
+
+
 DATASETS: dict[str, Callable[[Path], Path]] = {
     "seg": _seg,
     "cls": _cls,
@@ -141,6 +149,7 @@ DATASETS: dict[str, Callable[[Path], Path]] = {
     "scene": _scene,
     "polygons": _polygons,
     "coarse": _coarse,
+    "det": _det,
 }
 
 
@@ -390,7 +399,24 @@ def obs_predictor(b: Built) -> Any:
     b.cfg.save(b.run_dir / "config.yaml")
     save_model_bundle(b.run_dir, b.task.eval_model().state_dict(), model_meta(b.cfg, b.bundle))
     p = Predictor.from_run(b.run_dir, **predict_settings(b.run_dir))
-    return p.tile, p.overlap, p.blend, p.tta, p.batch_size, str(p.autocast)
+    settings = p.tile, p.overlap, p.blend, p.tta, p.batch_size, str(p.autocast)
+    return (*settings, p.score_threshold, p.nms_iou)
+
+
+def obs_detections(b: Built) -> Any:
+    """What the detector of ``liandan predict RUN`` keeps of a validation image, and the
+    score threshold of the precision in ``liandan evaluate``'s metrics.json."""
+    from liandan.tasks import get_task
+
+    b.cfg.save(b.run_dir / "config.yaml")
+    save_model_bundle(b.run_dir, b.task.eval_model().state_dict(), model_meta(b.cfg, b.bundle))
+    p = Predictor.from_run(b.run_dir, **predict_settings(b.run_dir))
+    task = get_task("detect")
+    val = b.bundle.splits["val"]
+    rows = task.predict_array(p, np.asarray(Image.open(val[0].image)), val[0].image)
+    found = task.evaluate_samples(p, b.bundle.checked, val, None)
+    overall = task.score_results(found, b.bundle.classes.names, "val")["overall"]
+    return len(rows), digest(rows), overall["score_threshold"], overall["precision"]
 
 
 def obs_precision_on_a_plain_cpu(b: Built, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -543,6 +569,15 @@ EFFECTS: dict[str, Effect] = {
     "predict.tta": E("true", obs_predictor),
     "predict.batch_size": E("2", obs_predictor),
     "predict.precision": E("bf16", obs_predictor),
+    # an untrained detector scores about 0.01 (FCOS's prior): nothing reaches 0.25
+    "predict.score_threshold": E("0.001", obs_detections, data="det"),
+    # RetinaNet's untrained boxes are its anchors, nine overlapping ones per location
+    "predict.nms_iou": E(
+        "0.1",
+        obs_detections,
+        data="det",
+        base=("model.arch=retinanet", "predict.score_threshold=0.001"),
+    ),
 }
 
 
@@ -556,7 +591,7 @@ def test_every_schema_key_has_an_observed_effect() -> None:
 
 def _overrides(key: str, effect: Effect, value: str | None, paths: dict[str, str]) -> list[str]:
     given = {o.partition("=")[0] for o in effect.base} | {key}
-    common = COMMON["cls" if effect.data == "cls" else "seg"]
+    common = COMMON.get(effect.data, COMMON["seg"])
     items = [*(o for o in common if o.partition("=")[0] not in given), *effect.base]
     if value is not None:
         items.append(f"{key}={value.format(**paths)}")
@@ -732,7 +767,8 @@ def test_every_predict_key_reaches_the_predictor_of_predict_and_evaluate(
         with pytest.raises(_Stop):
             main([*_command_words(command, run, image), *items, "--debug"])
         p = made[0]
-        return p.tile, p.overlap, p.blend, p.tta, p.batch_size, str(p.autocast)
+        settings = p.tile, p.overlap, p.blend, p.tta, p.batch_size, str(p.autocast)
+        return (*settings, p.score_threshold, p.nms_iou)
 
     default = settings()
     for i, key in enumerate(keys):

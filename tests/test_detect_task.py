@@ -131,6 +131,28 @@ def test_predict_writes_coco_results_and_previews(
         assert preview.size == Image.open(image).size and preview.mode == "RGB"
 
 
+def test_score_threshold_and_nms_iou_keys_reach_predict_and_evaluate(
+    trained: Path, shapes: Path, tmp_path: Path
+) -> None:
+    images = sorted((shapes / "images" / "val").glob("*.png"))[:3]
+
+    def predicted(*keys: str) -> list[dict]:
+        out = tmp_path / "-".join(keys or ("default",))
+        assert main(["predict", str(trained), *map(str, images), "--out", str(out), *keys]) == 0
+        return json.loads((out / "detections.json").read_text())  # type: ignore[no-any-return]
+
+    low = predicted("predict.score_threshold=0.01")
+    assert len(low) > len(predicted()) and min(d["score"] for d in low) >= 0.01
+    assert len(predicted("predict.score_threshold=0.01", "predict.nms_iou=0.1")) < len(low)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["evaluate", str(run), "predict.score_threshold=0.05"]) == 0
+    overall = json.loads((run / "metrics.json").read_text())["overall"]
+    written = json.loads((trained / "metrics.json").read_text())["overall"]
+    assert overall["score_threshold"] == 0.05 and written["score_threshold"] == 0.25
+    assert overall["map"] == pytest.approx(written["map"], abs=1e-6)  # mAP reads every score
+
+
 def test_a_coco_json_folder_trains(shapes: Path, tmp_path: Path) -> None:
     """images/ + annotations/instances_{train,val}.json, as COCO ships."""
     root = tmp_path / "coco"

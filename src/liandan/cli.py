@@ -348,6 +348,7 @@ def predict(
         raise UsageError("give at least one INPUT (an image, a folder or a raster)")
     settings: dict[str, Any] = {"tile": tile, "overlap": overlap, "blend": blend, "tta": tta}
     settings |= {"batch_size": batch_size, "precision": precision}
+    settings |= {"score_threshold": None, "nms_iou": None}  # detection: key=value only
     for key, value in override_values(overrides, PREDICT_KEYS).items():  # checked values
         name = key.removeprefix("predict.")
         if settings[name] is not None:

@@ -207,6 +207,8 @@ class PredictConfig(Section):
     tta: bool = False
     batch_size: int = Field(8, ge=1)
     precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    score_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    nms_iou: float | None = Field(None, gt=0.0, le=1.0)
 
 
 class Config(Section):

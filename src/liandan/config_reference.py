@@ -94,6 +94,11 @@ DESCRIPTIONS = {
     "predict.batch_size": "tiles per batch",
     "predict.precision": "auto: bf16 autocast (fp16 on older GPUs) and channels_last on a "
     "GPU, float32 on the CPU; also used by evaluate and the report",
+    "predict.score_threshold": "detection: the lowest score of a detection predict keeps, and "
+    "the score threshold of metrics.json's precision, recall and F1 (evaluate)",
+    "predict.nms_iou": "detection: boxes of one class overlapping a better-scoring one by more "
+    "than this IoU are suppressed; null: the architecture's own (FCOS 0.6, RetinaNet and "
+    "Faster R-CNN 0.5)",
 }
 
 

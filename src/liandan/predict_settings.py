@@ -2,7 +2,8 @@
 
 ``liandan predict`` reads the run's ``model/`` bundle for the model, and the
 ``predict`` section of the run's ``config.yaml`` for how to predict (``tile``,
-``overlap``, ``blend``, ``tta``, ``batch_size``, ``precision``): those are the defaults,
+``overlap``, ``blend``, ``tta``, ``batch_size``, ``precision``, and for detection
+``score_threshold`` and ``nms_iou``): those are the defaults,
 and an argument given to :func:`~liandan.prediction.predict` (a flag of ``liandan
 predict``) wins. A model folder without a ``config.yaml`` beside it (an export) uses
 the built-in defaults, and ``model.json``'s tile size.
@@ -23,7 +24,16 @@ from liandan.errors import ConfigError
 log = logging.getLogger("liandan")
 
 PRECISIONS = ("auto", "32", "bf16", "16")
-PREDICT_KEYS = ("tile", "overlap", "blend", "tta", "batch_size", "precision")
+PREDICT_KEYS = (
+    "tile",
+    "overlap",
+    "blend",
+    "tta",
+    "batch_size",
+    "precision",
+    "score_threshold",
+    "nms_iou",
+)
 
 
 def run_predict_section(run: str | Path) -> tuple[dict[str, Any], Path | None]:

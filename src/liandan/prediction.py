@@ -72,6 +72,8 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 8,
         precision: str = "auto",
+        score_threshold: float = 0.25,
+        nms_iou: float | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
@@ -97,6 +99,9 @@ class Predictor:
         self.blend = blend
         self.tta = tta
         self.batch_size = batch_size
+        # detection: the detections kept (and P/R/F1's threshold), the NMS IoU
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
         self.stats = StreamStats()
         self.on_tiles: Callable[[int, int], None] | None = None  # (tiles done, pixels)
 
@@ -309,6 +314,8 @@ def predict(
     tta: bool | None = None,
     batch_size: int | None = None,
     precision: str | None = None,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
     probs: bool = False,
     vector: str | None = None,
     min_area: float = 0.0,
@@ -322,8 +329,8 @@ def predict(
     ``out/preview/<stem>.png``; classification writes ``out/predictions.csv``
     (``image,label,prob_<class>...``).
 
-    ``tile``, ``overlap``, ``blend``, ``tta``, ``batch_size`` and ``precision`` left
-    None take the run's ``predict`` section of ``config.yaml`` (the built-in defaults
+    ``tile``, ``overlap``, ``blend``, ``tta``, ``batch_size``, ``precision``,
+    ``score_threshold`` and ``nms_iou`` left None take the run's ``predict`` section of ``config.yaml`` (the built-in defaults
     without one); given, they win over it.
 
     Args:
@@ -335,6 +342,9 @@ def predict(
         probs: rasters also get ``<stem>_probs.tif``, probabilities x 254 as uint8.
         precision: ``auto`` (bf16 or fp16 autocast on a GPU, float32 on the CPU),
             ``32``, ``bf16`` or ``16``.
+        score_threshold: detection: the lowest score of a detection kept.
+        nms_iou: detection: the IoU of the per-class non-maximum suppression (None:
+            the architecture's own).
         vector: ``geojson`` or ``gpkg``: rasters also get polygons with a class name.
         min_area: polygons smaller than this many pixels are left out.
         cog: write Cloud-Optimized GeoTIFFs with overviews.
@@ -365,6 +375,8 @@ def predict(
         tta=tta,
         batch_size=batch_size,
         precision=precision,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
     )
     predictor = Predictor.from_run(run, **settings)
     files = list_inputs(inputs)
