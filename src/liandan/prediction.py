@@ -204,30 +204,37 @@ class Predictor:
             indexes = self.check_raster(src, path)
             width = src.width
             start, stop = rows or (0, src.height)
-
-            def read(top: int, left: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-                from rasterio.windows import Window
-
-                top += start
-                window = Window(left, top, m, n)
-                try:
-                    raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
-                    # the file's nodata, mask band or alpha, plus data.nodata of training
-                    valid = valid_mask(src, window, self.meta.get("nodata"))
-                except Exception as exc:  # a truncated or corrupt file
-                    raise DataError(
-                        f"cannot read rows {top}-{top + n}, columns {left}-{left + m} "
-                        f"({type(exc).__name__}: {exc})",
-                        where=path,
-                        hint="the file is damaged: check it with gdalinfo -checksum",
-                    ) from None
-                x = self.normalizer(self._bands_like_training(raw))
-                x[~valid] = 0.0  # nodata -> the normalized mean, not e.g. -9999 scaled
-                return x, valid
-
+            read = self.window_reader(src, path, indexes, start)
             for top, left, probs, valid in self.stream(read, stop - start, width):
                 writer.write(start + top, probs, valid, left)
         return self.stats
+
+    def window_reader(self, src: Any, path: Path, indexes: list[int], start: int = 0) -> ReadBand:
+        """``read(top, left, rows, cols)`` of the open raster ``src``: its bands
+        ``indexes`` normalized as in training, nodata pixels set to 0 (the normalized
+        mean), and the valid mask; ``top`` counts from row ``start`` of the file."""
+
+        def read(top: int, left: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+            from rasterio.windows import Window
+
+            top += start
+            window = Window(left, top, m, n)
+            try:
+                raw = np.moveaxis(src.read(indexes, window=window), 0, -1)
+                # the file's nodata, mask band or alpha, plus data.nodata of training
+                valid = valid_mask(src, window, self.meta.get("nodata"))
+            except Exception as exc:  # a truncated or corrupt file
+                raise DataError(
+                    f"cannot read rows {top}-{top + n}, columns {left}-{left + m} "
+                    f"({type(exc).__name__}: {exc})",
+                    where=path,
+                    hint="the file is damaged: check it with gdalinfo -checksum",
+                ) from None
+            x = self.normalizer(self._bands_like_training(raw))
+            x[~valid] = 0.0  # nodata -> the normalized mean, not e.g. -9999 scaled
+            return x, valid
+
+        return read
 
     def check_raster(self, src: Any, path: Path) -> list[int]:
         """Band indexes to read; refuse bands or dtypes unlike training, warn on pixel size."""
@@ -384,7 +391,16 @@ def predict(
     written: list[Path] = []
     # refuses to replace inputs or files liandan did not write; removed again if left empty
     with output_folder(Path(out), files, predictor.task, probs=probs, vector=vector) as out_dir:
+        # a task may predict some rasters its own streamed way (detection: sliced, boxes
+        # merged over the raster): slices_raster(path) and predict_sliced(...)
+        slices = getattr(predictor.spec, "slices_raster", None)
         for path in files:
+            if slices is not None and slices(path):
+                with progress_bar(predictor, path, enabled=progress):
+                    pred, made = predictor.spec.predict_sliced(predictor, path, out_dir)  # type: ignore[attr-defined]
+                preds.append(pred)
+                written += made
+                continue
             if predictor.spec.uses_raster_tiles and path.suffix.lower() in RASTER_EXTS:
                 target = out_dir / f"{path.stem}.tif"
                 probs_path = out_dir / f"{path.stem}_probs.tif" if probs else None

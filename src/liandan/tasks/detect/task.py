@@ -180,14 +180,41 @@ class Detect(Task):
     ) -> tuple[list[Path], list[Path]]:
         from liandan.errors import ConfigError
         from liandan.tasks.detect.predict import planned_outputs
+        from liandan.tasks.detect.raster import planned_raster_outputs, slices
 
         if probs or vector:
             raise ConfigError(
                 "--probs and --vector are not yet available for detection",
                 where="--vector" if vector else "--probs",
-                hint="leave them out: predict writes detections.json and preview PNGs",
+                hint="leave them out: predict writes detections.json and preview PNGs "
+                "(and a GeoPackage per georeferenced raster)",
             )
-        return planned_outputs(files, out_dir)
+        sliced = [f for f in files if slices(f)]
+        targets, sources = planned_outputs([f for f in files if f not in sliced], out_dir)
+        for f in sliced:
+            made = planned_raster_outputs(f, out_dir)
+            targets += made
+            sources += [f] * len(made)
+        return targets, sources
+
+    def slices_raster(self, path: Path) -> bool:
+        """Whether predict detects over ``path`` tile by tile (:meth:`predict_sliced`):
+        a raster with a CRS or larger than 2048 px a side."""
+        from liandan.tasks.detect.raster import slices
+
+        return slices(path)
+
+    def predict_sliced(
+        self, predictor: Predictor, path: Path, out_dir: Path
+    ) -> tuple[Prediction, list[Path]]:
+        """Sliced detection over a raster streamed tile by tile, written to ``out_dir``
+        (``<stem>.gpkg``, ``<stem>_detections.json``, ``preview/<stem>.png``)."""
+        from liandan.prediction import Prediction
+        from liandan.tasks.detect.raster import detect_raster, write_raster_outputs
+
+        found = detect_raster(predictor, path)
+        written = write_raster_outputs(found, predictor, out_dir)
+        return Prediction(path, None, found.rows, output=written[-2]), written
 
     def write_prediction(self, pred: Prediction, predictor: Predictor, out_dir: Path) -> list[Path]:
         from liandan.tasks.detect.predict import write_preview
@@ -199,7 +226,8 @@ class Detect(Task):
     ) -> list[Path]:
         from liandan.tasks.detect.predict import write_results
 
-        return write_results(preds, predictor, out_dir)
+        # a sliced raster wrote its own <stem>_detections.json (Prediction.output)
+        return write_results([p for p in preds if p.output is None], predictor, out_dir)
 
     def default_arch(self, image_size: int | None = None) -> str:
         return "fcos"
