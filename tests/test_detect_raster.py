@@ -10,6 +10,7 @@ writing, not a network's luck; one end-to-end test runs a real (untrained) FCOS 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,51 @@ def test_a_raster_with_other_bands_is_one_clear_error(
     assert "two.tif" in err and "2 band(s)" in err and "trained on 3" in err
     assert "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+# ------------------------------------------------------------------ the demo's scene
+def test_the_demo_scene_is_predicted_sliced_and_scored(
+    fcos_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scoring glue: boxes found at the truth's places score mAP@.5 1, boxes of the
+    wrong class 0; the outputs hold the boxes at or above the run's threshold."""
+    import fiona
+
+    from liandan.tasks.detect import raster
+    from liandan.tasks.detect.demo import make_detect_demo, predict_scene
+
+    data = make_detect_demo(tmp_path / "data", n_train=1, n_val=1, size=32, scene_size=96)
+    truth = json.loads((data / "scene" / "scene_boxes.json").read_text())
+    boxes = np.array(truth["boxes"])
+    classes = np.array(truth["classes"]) % 2  # the run has two classes
+    (data / "scene" / "scene_boxes.json").write_text(
+        json.dumps({**truth, "classes": classes.tolist()})
+    )
+    real = raster.detect_raster
+    seen: list[float] = []
+
+    def found_truth(predictor: Predictor, path: Path, flip: int = 0) -> raster.RasterBoxes:
+        seen.append(predictor.score_threshold)
+        result = real(predictor, path)  # the real stream (its boxes replaced)
+        scores = np.linspace(0.9, 0.1, len(boxes))  # some under the 0.25 threshold
+        result.rows = np.column_stack([boxes, scores, (classes + flip) % 2]).astype(np.float32)
+        return result
+
+    monkeypatch.setattr(raster, "detect_raster", found_truth)
+    run = tmp_path / "run"
+    shutil.copytree(fcos_run, run)
+    out, metrics = predict_scene(run, data)
+    assert out == run / "predictions" and metrics is not None
+    assert seen == [pytest.approx(0.05)]  # validation's floor, for mAP over every box
+    assert metrics["split"] == "scene" and metrics["overall"]["map50"] == pytest.approx(1.0)
+    assert json.loads((out / "scene_metrics.json").read_text()) == metrics
+    kept = int((np.linspace(0.9, 0.1, len(boxes)) >= 0.25).sum())
+    assert 0 < kept < len(boxes)
+    with fiona.open(out / "scene.gpkg") as layer:
+        assert len(layer) == kept
+    assert len(json.loads((out / "scene_detections.json").read_text())) == kept
+
+    monkeypatch.setattr(raster, "detect_raster", lambda p, s: found_truth(p, s, flip=1))
+    shutil.rmtree(out)
+    _, wrong = predict_scene(run, data)
+    assert wrong is not None and wrong["overall"]["map50"] == pytest.approx(0.0)

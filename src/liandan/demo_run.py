@@ -25,6 +25,19 @@ class DemoResult(RunResult):
     predictions: Path | None = None
     scene_metrics: dict[str, Any] | None = None
 
+    @property
+    def scene_summary(self) -> str | None:
+        """The scene's headline against its truth, in words: mean IoU (segmentation),
+        mAP@.5 (detection); None without scene metrics."""
+        overall = (self.scene_metrics or {}).get("overall") or {}
+        if "mean_iou" in overall:
+            return f"mean IoU vs truth {overall['mean_iou']:.3f}"
+        if "map50" in overall:
+            value = overall["map50"]
+            shown = "undefined (no truth box)" if value is None else f"{value:.3f}"
+            return f"mAP@.5 vs truth boxes {shown}"
+        return None
+
 
 def demo(
     task: str = "segment",
@@ -37,7 +50,9 @@ def demo(
 
     Segmentation: mosaics of scikit-image's bundled texture photographs (grass,
     gravel, brick), with a georeferenced GeoTIFF scene predicted at the end.
-    Classification: scikit-learn's bundled handwritten digits.
+    Classification: scikit-learn's bundled handwritten digits. Detection: shapes on
+    the same textures, with a georeferenced scene predicted sliced (GeoPackage of boxes)
+    and scored (mAP@.5) at the end.
 
     >>> liandan.demo().metrics["overall"]["mean_iou"]  # doctest: +SKIP
     0.8
