@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument("--score-threshold", type=float, default=0.005)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="1024 px wide rasters, a smoke test")
+    parser.add_argument(
+        "--sizes", nargs="+", metavar="WxH", help="these raster sizes instead (e.g. 512x1024)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raster", help=argparse.SUPPRESS)
@@ -144,6 +147,8 @@ def main() -> None:
         child(args)
         return
     sizes = QUICK_SIZES if args.quick else SIZES
+    if args.sizes:
+        sizes = [(int(w), int(h)) for w, h in (item.lower().split("x") for item in args.sizes)]
     rows = []
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -362,3 +362,27 @@ def test_the_demo_scene_is_predicted_sliced_and_scored(
     shutil.rmtree(out)
     _, wrong = predict_scene(run, data)
     assert wrong is not None and wrong["overall"]["map50"] == pytest.approx(0.0)
+
+
+def test_the_benchmark_runs_and_fills_its_table() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "detect_raster_predict.py"
+    results = script.with_name("RESULTS.md")
+    before = results.read_bytes()
+    args = ["--sizes", "256x256", "256x512", "--encoder", "test_resnet", "--tile", "128"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--threads", "1", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert results.read_bytes() == before  # --no-write
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 256 x")]
+    assert len(rows) == 2 and "failed" not in done.stdout
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[4] for c in cells] == ["9", "15"]  # tiles of 128 px at overlap 0.25
+    assert all(float(c[1]) > 0 and float(c[9]) > 0 for c in cells)  # Mpx/s, MiB above model
