@@ -386,3 +386,18 @@ def test_the_benchmark_runs_and_fills_its_table() -> None:
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     assert [c[4] for c in cells] == ["9", "15"]  # tiles of 128 px at overlap 0.25
     assert all(float(c[1]) > 0 and float(c[9]) > 0 for c in cells)  # Mpx/s, MiB above model
+
+
+def test_which_inputs_are_sliced(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from liandan.tasks.detect.raster import slices
+
+    small = np.zeros((1, 64, 64), np.uint8)
+    assert slices(write_geotiff(tmp_path / "geo.tif", small))  # a CRS: sliced
+    plain = from_origin(0, 0, 1, 1)
+    assert not slices(write_geotiff(tmp_path / "plain.tif", small, crs=None, transform=plain))
+    long = np.zeros((1, 4, 2049), np.uint8)  # larger than 2048 px a side, no CRS
+    assert slices(write_geotiff(tmp_path / "long.tif", long, crs=None, transform=plain))
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "photo.png")
+    assert not slices(tmp_path / "photo.png")
