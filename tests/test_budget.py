@@ -112,6 +112,25 @@ def test_schedule_ends_at_its_floor_at_the_deadline(monkeypatch, tmp_path, slowd
     assert lrs[len(lrs) // 2] > 0.3  # not decayed early
 
 
+@pytest.mark.parametrize("spike_at", [100, 130, 150])
+def test_a_load_spike_near_the_end_does_not_end_the_run_early(
+    monkeypatch, tmp_path, spike_at
+) -> None:
+    """1 s steps, then 24 steps of 4 s (another job took the cores), then 1 s again: the
+    slow spell's pace may plan only a few more steps, but when they are done and time is
+    left the run goes on to its deadline (it stopped at the stale plan, up to a minute
+    early, with the schedule cut short)."""
+    callback, lrs = simulate(
+        monkeypatch,
+        tmp_path,
+        200.0,
+        200,
+        lambda step: 4.0 if spike_at <= step < spike_at + 24 else 1.0,
+    )
+    assert 200.0 - 2.0 <= callback.elapsed() <= 200.0 + 4.0  # the deadline, +- a step
+    assert lrs[-1] <= 0.05  # the floor, at the last step
+
+
 def test_budget_fit_sizes_epochs_and_the_schedule(tmp_path: Path) -> None:
     """2 s of validation and checkpoint per epoch, 0.5 s steps, 5 minutes: epochs of
     40 steps (fixed costs a tenth), about 500 steps in all, warmup 5% of them."""

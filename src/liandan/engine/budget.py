@@ -319,7 +319,9 @@ class BudgetCallback(L.Callback):
     (``RunLength.total_steps``) is set to that, so a cosine decay ends at its floor at
     the last step; rank 0's figure is broadcast so that every DDP rank agrees. Every
     ``CHECK_EVERY`` steps the clock is also read: a machine that slowed down within an
-    epoch still stops by the deadline. The training time used so far is saved with
+    epoch still stops by the deadline. In one process the clock is read at every step
+    (the next step must fit before the deadline), and the planned end is re-fitted
+    before the run stops there (a slow spell that shortened the plan may be over). The training time used so far is saved with
     the checkpoints: a resumed run goes on with the rest of its budget.
 
     Args:
@@ -339,7 +341,7 @@ class BudgetCallback(L.Callback):
         self.epoch_times: list[float] = []
         self.refits: list[list[int]] = []
         self.stopped_by_clock = False
-        self._epoch_start = self._val_start = self.start
+        self._epoch_start = self._val_start = self._step_end = self.start
         self._marks: deque[tuple[float, int]] = deque(maxlen=RECENT_CHECKS + 1)
         self._first: tuple[float, int] | None = None
 
@@ -366,22 +368,33 @@ class BudgetCallback(L.Callback):
                 length.progress = self.progress if trainer.world_size == 1 else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.start = self._step_end = time.perf_counter()
         self._marks.clear()
         self._first = None
         self._set_length(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
+        # after the last epoch's validation and checkpoints: not part of the next step
+        self._epoch_start = self._step_end = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.total_steps:
-            trainer.should_stop = True
-        elif trainer.global_step % CHECK_EVERY == 0:
-            if trainer.world_size == 1:  # one process: re-fit as often as the clock is read
-                self._refit(trainer)
-            elif any_rank(trainer, self.elapsed() + self.val_s > self.train_s):
+        step, now = trainer.global_step, time.perf_counter()
+        last_step_s, self._step_end = now - self._step_end, now
+        if trainer.world_size > 1:  # DDP: the planned length, the clock every few steps
+            if step >= self.total_steps:
+                trainer.should_stop = True
+            elif step % CHECK_EVERY == 0 and any_rank(
+                trainer, self.elapsed() + self.val_s > self.train_s
+            ):
                 self.stopped_by_clock = trainer.should_stop = True
+            return
+        # one process: reading the clock is free. At the planned end, re-fit before
+        # stopping (a slow spell that shortened the plan may be over, time left); between
+        # re-fits, stop when the next step, as long as the last one, would miss the deadline
+        if step >= self.total_steps or step % CHECK_EVERY == 0:
+            self._refit(trainer)
+        elif self.elapsed() + self.val_s + last_step_s > self.train_s:
+            self.stopped_by_clock = trainer.should_stop = True
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
