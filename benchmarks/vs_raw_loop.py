@@ -315,6 +315,7 @@ def main() -> None:
         help="overrides for liandan's runs (ablations)",
     )
     parser.add_argument("--only", choices=["liandan", "loop"], help="run one side only")
+    parser.add_argument("--keep", type=Path, help="copy liandan's run folders here (no .ckpt)")
     args = parser.parse_args()
     from liandan.config import parse_duration
 
@@ -337,6 +338,9 @@ def main() -> None:
                                    "train_s": raw["train_s"]})  # fmt: skip
                 print(name, seed, ours[-1:], theirs[-1:], flush=True)
             rows.append((name, ours, theirs))
+            if args.keep and (Path(tmp) / f"runs-{name}").is_dir():  # budget.json, history
+                shutil.copytree(Path(tmp) / f"runs-{name}", args.keep / name,
+                                ignore=shutil.ignore_patterns("*.ckpt"), dirs_exist_ok=True)  # fmt: skip
     load_end = os.getloadavg()
     text = report(rows, args, load_start, load_end, budget_s)
     print(text)
