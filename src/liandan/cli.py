@@ -125,9 +125,8 @@ def demo(
     for note in result.notes:
         console.print(f"[dim]note: {q(note)}[/dim]")
     show_metrics(console, result.metrics, f"validation metrics of [bold]{q(result.run_dir)}[/bold]")
-    if result.scene_metrics is not None:
-        miou = result.scene_metrics["overall"]["mean_iou"]
-        console.print(f"scene prediction: {q(result.predictions)} (mean IoU vs truth {miou:.3f})")
+    if result.scene_summary is not None:  # mean IoU (segment), mAP@.5 (detect)
+        console.print(f"scene prediction: {q(result.predictions)} ({result.scene_summary})")
     console.print(f"demo finished in {result.duration_s:.0f} s: run folder {q(result.run_dir)}")
 
 
