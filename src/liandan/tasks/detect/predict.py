@@ -50,8 +50,17 @@ def postprocess_settings(predictor: Predictor) -> tuple[float, float | None]:
 
 def configure_detector(predictor: Predictor) -> float:
     """Set the predictor's detector to its NMS IoU, and its score floor low enough for
-    the score threshold; return the threshold (detections kept, and P/R/F1's)."""
+    the score threshold; return the threshold (detections kept, and P/R/F1's).
+    Refuses ``predict.tta``, which detection does not have yet."""
+    from liandan.errors import ConfigError
     from liandan.tasks.detect.models import Detector
+
+    if predictor.tta:
+        raise ConfigError(
+            "test-time augmentation is not yet available for detection",
+            where="predict.tta",
+            hint="set predict.tta=false (leave out --tta)",
+        )
 
     threshold, nms_iou = postprocess_settings(predictor)
     model = predictor.model
@@ -68,15 +77,8 @@ def detect_array(predictor: Predictor, image: np.ndarray, path: Path | str) -> n
     ``predict.nms_iou``."""
     import torch
 
-    from liandan.errors import ConfigError
     from liandan.tasks.detect.data import letterbox, to_original
 
-    if predictor.tta:
-        raise ConfigError(
-            "test-time augmentation is not yet available for detection",
-            where="predict.tta",
-            hint="set predict.tta=false (leave out --tta)",
-        )
     threshold = configure_detector(predictor)
     boxed, scale = letterbox(image, predictor.image_size)
     x = predictor.prepare(boxed, path).transpose(2, 0, 1)[None]

@@ -262,18 +262,11 @@ def detect_raster(predictor: Predictor, path: str | Path) -> RasterBoxes:
     (:meth:`Predictor.check_raster`: a band count unlike training's is a DataError
     naming the file). Kept are boxes scoring at least ``predict.score_threshold``.
     """
-    from liandan.errors import ConfigError
+    import rasterio
+
     from liandan.predict_outputs import GDAL_CACHE_MB, open_raster
     from liandan.tasks.detect.predict import configure_detector, postprocess_settings
     from liandan.tiling import STRIDE, chunks
-
-    if predictor.tta:
-        raise ConfigError(
-            "test-time augmentation is not yet available for detection",
-            where="predict.tta",
-            hint="set predict.tta=false (leave out --tta)",
-        )
-    import rasterio
 
     path = Path(path)
     start = time.perf_counter()
