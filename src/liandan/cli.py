@@ -372,8 +372,10 @@ def score(
     args: Annotated[
         list[str],
         typer.Argument(
-            help="PRED: predictions (mask folder, mask file or CSV); TRUTH: ground truth of "
-            "the same kind; data.ignore_index and data.nodata as key=value",
+            help="PRED: predictions (mask folder, mask file, CSV, or detections: a COCO "
+            "results JSON or a folder of YOLO .txt with confidences); TRUTH: ground truth "
+            "(for detections a YOLO or VOC folder or a COCO JSON); data.ignore_index and "
+            "data.nodata as key=value",
             metavar="PRED TRUTH [KEY=VALUE]...",
         ),
     ],
@@ -383,6 +385,10 @@ def score(
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder to write metrics.json and confusion_matrix.png"),
+    ] = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(help="detections: confidence counted for precision/recall/F1 (0.25)"),
     ] = None,
 ) -> None:
     """Metrics for any predictions against ground truth."""
@@ -402,11 +408,18 @@ def score(
     ignore_index = _whole(flags["ignore_index"], "data.ignore_index")
     nodata = _whole(flags["nodata"], "data.nodata")
 
-    metrics = run_score(pred, truth, ignore_index=ignore_index, nodata=nodata, out=out)
+    metrics = run_score(
+        pred, truth, ignore_index=ignore_index, nodata=nodata, out=out,
+        score_threshold=score_threshold,
+    )  # fmt: skip
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
         show_metrics(console, metrics, f"{q(pred)} against {q(truth)}")
+        if splits := metrics["inputs"].get("splits"):
+            console.print(
+                f"scored the truth's {', '.join(splits)} split(s), where the detections are"
+            )
         if out is not None:
             console.print(f"written: {q(out / 'metrics.json')}, {q(out / 'confusion_matrix.png')}")
 

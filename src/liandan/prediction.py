@@ -391,13 +391,12 @@ def predict(
     written: list[Path] = []
     # refuses to replace inputs or files liandan did not write; removed again if left empty
     with output_folder(Path(out), files, predictor.task, probs=probs, vector=vector) as out_dir:
-        # a task may predict some rasters its own streamed way (detection: sliced, boxes
-        # merged over the raster): slices_raster(path) and predict_sliced(...)
-        slices = getattr(predictor.spec, "slices_raster", None)
         for path in files:
-            if slices is not None and slices(path):
+            # a task may predict some rasters its own streamed way (detection: sliced,
+            # boxes merged over the raster)
+            if predictor.spec.slices_raster(path):
                 with progress_bar(predictor, path, enabled=progress):
-                    pred, made = predictor.spec.predict_sliced(predictor, path, out_dir)  # type: ignore[attr-defined]
+                    pred, made = predictor.spec.predict_sliced(predictor, path, out_dir)
                 preds.append(pred)
                 written += made
                 continue

@@ -10,6 +10,9 @@ Not counted: truth pixels equal to ``ignore_index``; pixels where either side ho
 the ``nodata`` value (classes.yaml ``nodata`` or the option); pixels where either
 side holds its GeoTIFF's own nodata value, unless that value is a class value.
 Every unpaired or unreadable file is listed in one error.
+
+Detections (a COCO results JSON, a folder of YOLO text predictions) are scored by the
+detection task against a YOLO, COCO or VOC truth: :mod:`liandan.tasks.detect.scoring`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,9 +28,12 @@ import torch
 from liandan.data.layouts import ClassSpec, class_spec_from_yaml, read_classes_yaml
 from liandan.data.readers import RASTER_EXTS, is_image_file, read_mask
 from liandan.data.scan import MaskMapper, infer_classes
-from liandan.errors import DataError
+from liandan.errors import ConfigError, DataError
 from liandan.metrics import ConfusionMatrix, compute_metrics
 from liandan.runs import atomic_write_json
+
+if TYPE_CHECKING:
+    from liandan.tasks.base import Task
 
 
 def _mask_files(folder: Path) -> dict[str, Path]:
@@ -215,6 +221,13 @@ def score_labels(pred: Path, truth: Path) -> dict[str, Any]:
     return metrics
 
 
+def _task_scoring(pred: Path, truth: Path) -> Task | None:
+    """The task whose own prediction files ``pred`` is (detections), or None."""
+    from liandan.tasks.registry import get_task, task_names
+
+    return next((t for n in task_names() if (t := get_task(n)).scores(pred, truth)), None)
+
+
 def score(
     pred: str | Path,
     truth: str | Path,
@@ -222,15 +235,21 @@ def score(
     ignore_index: int | None = None,
     nodata: int | None = None,
     out: str | Path | None = None,
+    score_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Metrics (the metrics.json schema) of predictions against ground truth.
 
     Args:
-        pred: a folder of masks, a mask file or a CSV (image, label).
-        truth: the same kind of input holding the truth.
+        pred: a folder of masks, a mask file, a CSV (image, label), or detections
+            (a COCO results JSON or a folder of YOLO text predictions, see
+            :mod:`liandan.tasks.detect.scoring`).
+        truth: the same kind of input holding the truth (for detections: a YOLO or
+            VOC folder or a COCO JSON).
         ignore_index: truth value not counted (default: classes.yaml's).
         nodata: value meaning "no data" on either side (default: classes.yaml's).
         out: a folder to write ``metrics.json`` and ``confusion_matrix.png`` into.
+        score_threshold: detections only: the confidence at or above which a box
+            counts for precision, recall, F1 and the confusion matrix.
 
     >>> liandan.score("maps/", "data/val/masks/")["overall"]["mean_iou"]  # doctest: +SKIP
     0.78
@@ -239,7 +258,19 @@ def score(
     for p in (pred, truth):
         if not p.exists():
             raise DataError("not found", where=p)
-    if pred.suffix.lower() == ".csv" or truth.suffix.lower() == ".csv":
+    task = _task_scoring(pred, truth)
+    if task is not None:
+        given = {"ignore_index": ignore_index, "nodata": nodata}
+        for key in (k for k, v in given.items() if v is not None):
+            raise ConfigError(f"{key} is for masks, not {task.targets}", where=key)
+        metrics = task.score_files(pred, truth, score_threshold=score_threshold)
+    elif score_threshold is not None:
+        raise ConfigError(
+            "score_threshold is for detections (boxes with scores)",
+            where="score_threshold",
+            hint="PRED is read as masks or labels here",
+        )
+    elif pred.suffix.lower() == ".csv" or truth.suffix.lower() == ".csv":
         metrics = score_labels(pred, truth)
     else:
         metrics = score_masks(pred, truth, ignore_index=ignore_index, nodata=nodata)

@@ -67,7 +67,8 @@ def plot_confusion(metrics: dict[str, Any], out: Path) -> Path:
     """Confusion matrix as counts and row-normalized (rows: truth, columns: prediction)."""
     plt = _plt()
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.float64)
-    names = metrics["classes"]
+    # detection's matrix has a background row and column beyond the classes
+    names = metrics.get("confusion_labels") or metrics["classes"]
     rows = cm.sum(axis=1, keepdims=True)
     normalized = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(names)

@@ -398,6 +398,18 @@ class Task:
         return []
 
     # ---------------------------------------------------------------- predict
+    def slices_raster(self, path: Path) -> bool:
+        """Whether predict handles ``path`` its own streamed way (:meth:`predict_sliced`)
+        instead of the shared image and raster paths (default: never)."""
+        return False
+
+    def predict_sliced(
+        self, predictor: Predictor, path: Path, out_dir: Path
+    ) -> tuple[Prediction, list[Path]]:
+        """Predict a raster :meth:`slices_raster` claims, writing into ``out_dir``: the
+        in-memory prediction and the files written."""
+        raise NotImplementedError(f"{self.name} does not predict rasters slice by slice")
+
     def merge_flipped(self, out: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """Test-time augmentation: the prediction of a flipped input, in the input's frame."""
         return out
@@ -427,6 +439,18 @@ class Task:
     ) -> list[Path]:
         """Write what covers all the inputs (e.g. one table) once all are predicted."""
         return []
+
+    # ------------------------------------------------------------------ score
+    def scores(self, pred: Path, truth: Path) -> bool:
+        """Whether ``liandan score PRED TRUTH`` is this task's to score, ``pred`` being
+        in a form of its own (default: no; the shared scorer reads masks and label CSVs)."""
+        return False
+
+    def score_files(
+        self, pred: Path, truth: Path, score_threshold: float | None = None
+    ) -> dict[str, Any]:
+        """metrics.json's dict of the predictions in ``pred`` against ``truth``."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- export
     def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:

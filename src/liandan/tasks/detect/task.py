@@ -217,6 +217,18 @@ class Detect(Task):
         written = write_raster_outputs(found, predictor, out_dir)
         return Prediction(path, None, found.rows, output=written[-2]), written
 
+    def scores(self, pred: Path, truth: Path) -> bool:
+        from liandan.tasks.detect.scoring import is_box_prediction
+
+        return is_box_prediction(pred)
+
+    def score_files(
+        self, pred: Path, truth: Path, score_threshold: float | None = None
+    ) -> dict[str, Any]:
+        from liandan.tasks.detect.scoring import score_boxes
+
+        return score_boxes(pred, truth, score_threshold)
+
     def write_prediction(self, pred: Prediction, predictor: Predictor, out_dir: Path) -> list[Path]:
         from liandan.tasks.detect.predict import write_preview
 
