@@ -79,7 +79,7 @@ def test_evaluate_reproduces_the_runs_metrics(trained: Path, tmp_path: Path) -> 
     assert again["confusion_matrix"] == written["confusion_matrix"]
 
 
-@pytest.mark.parametrize("command", ["export", "report", "tta"])
+@pytest.mark.parametrize("command", ["export", "tta"])
 def test_what_detection_lacks_yet_is_refused_by_name(
     trained: Path, shapes: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,7 +89,6 @@ def test_what_detection_lacks_yet_is_refused_by_name(
             ["export", str(trained), "--format", "onnx"],
             "liandan export is not yet available for detection",
         ),
-        "report": (["report", str(trained)], "liandan report is not yet available for detection"),
         "tta": (
             ["predict", str(trained), str(shapes / "images" / "val"), "--out", str(out), "--tta"],
             "test-time augmentation is not yet available for detection",
@@ -99,6 +98,22 @@ def test_what_detection_lacks_yet_is_refused_by_name(
     assert main(args) == 1
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in trained.iterdir()) == before and not out.exists()
+
+
+def test_the_report_shows_boxes_curves_sizes_and_errors(trained: Path, tmp_path: Path) -> None:
+    """Training writes report.html for a detector, and `liandan report` rebuilds it:
+    the data counted in boxes, the detection sections and their plots."""
+    assert (trained / "report.html").is_file()  # written at the end of training
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    for section in ("precision-recall", "confidence threshold", "box sizes", "errors gallery"):
+        assert f">{section}<" in html, section
+    assert "split (boxes)" in html and "labelled boxes" in html
+    for plot in ("pr_curves", "confidence_curves", "box_sizes", "confusion_matrix"):
+        assert (run / "plots" / f"{plot}.png").stat().st_size > 1000, plot
 
 
 def test_k_fold_training_is_refused_before_a_fold_trains(

@@ -21,7 +21,7 @@ import yaml
 
 from liandan.config import Config
 from liandan.errors import CheckpointError
-from liandan.metrics import PER_CLASS_KEYS, compute_metrics
+from liandan.metrics import PER_CLASS_KEYS
 from liandan.metrics_extra import add_extras
 from liandan.reporting import figures, gallery
 from liandan.reporting import html as H
@@ -127,10 +127,10 @@ def write_report(
     sections += task.report_sections(run, results, predictor, checked, cfg, meta, out)
     overall = metrics["overall"]
     key = task.headline
+    accuracy = f"accuracy {H.fmt(overall['accuracy'])} · " if "accuracy" in overall else ""
     subtitle = (
         f"{results.task} · {len(results.classes)} classes · {H.fmt(overall.get(key))} "
-        f"{key.replace('_', ' ')} · accuracy {H.fmt(overall.get('accuracy'))} · "
-        f"{cfg.model.arch} · data {cfg.data.root}"
+        f"{key.replace('_', ' ')} · {accuracy}{cfg.model.arch} · data {cfg.data.root}"
     )
     target = run / "report.html"
     atomic_write_text(target, H.page(f"liandan run {run.name}", subtitle, sections))
@@ -143,7 +143,7 @@ def _read_metrics(run: Path, results: SampleResults) -> dict[str, Any]:
     path = run / "metrics.json"
     if path.is_file():
         return dict(json.loads(path.read_text(encoding="utf-8")))
-    return compute_metrics(results.confusion, results.classes, task=results.task, split="val")
+    return get_task(results.task).score_results(results, results.classes, "val")
 
 
 def _data_section(
@@ -165,7 +165,7 @@ def _data_section(
     if summary.pixels:
         parts.append(
             H.table(
-                ["split (pixels)", "labelled pixels", *summary.classes],
+                [f"split ({summary.unit})", f"labelled {summary.unit}", *summary.classes],
                 [
                     [s, int(summary.pixels[s].sum()), *_shares(summary.pixels[s])]
                     for s in summary.pixels
@@ -174,12 +174,12 @@ def _data_section(
         )
         if summary.sampled:
             parts.append(H.note(f"pixels counted on a sample of the masks of {summary.sampled}"))
-    for counts, name in ((summary.pixels, "pixels"), (summary.images, "images")):
+    for counts, name in ((summary.pixels, summary.unit), (summary.images, "images")):
         if counts:
             plot = figures.plot_class_distribution(counts, summary.classes, name, out)
             if plot is not None:
                 parts.append(H.image(plot, f"class distribution ({name})", run=run))
-            break  # pixels when there are any: the images plot would say less
+            break  # pixels (boxes) when there are any: the images plot would say less
     parts.append("<h3>bands</h3>")
     parts.append(
         H.note(

@@ -24,10 +24,13 @@ class DataSummary:
     """Counts per split and class: images (both tasks) and pixels (segmentation).
 
     Attributes:
-        images: split -> ``(K,)`` images per class (segmentation: images containing it).
-        pixels: split -> ``(K,)`` labelled pixels per class (segmentation only).
+        images: split -> ``(K,)`` images per class (segmentation, detection: images
+            containing it).
+        pixels: split -> ``(K,)`` labelled pixels per class (segmentation), or the
+            task's own units (detection: boxes), named by ``unit``.
         sizes: split -> number of samples.
         sampled: splits whose pixel counts come from a subset of the masks.
+        unit: what ``pixels`` counts.
     """
 
     classes: list[str]
@@ -35,6 +38,7 @@ class DataSummary:
     pixels: dict[str, np.ndarray] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     sampled: list[str] = field(default_factory=list)
+    unit: str = "pixels"  # what ``pixels`` counts (detection: boxes)
 
 
 def data_summary(checked: CheckedDataset, splits: dict[str, list[Sample]]) -> DataSummary:
@@ -42,12 +46,17 @@ def data_summary(checked: CheckedDataset, splits: dict[str, list[Sample]]) -> Da
     classes = checked.index.classes
     n = classes.num_classes
     summary = DataSummary(list(classes.names))
-    mapper = get_task(checked.index.task).target_mapper(classes)  # None: image labels
+    task = get_task(checked.index.task)
+    mapper = task.target_mapper(classes)  # None: image labels
     for split in ("train", "val", "test"):
         samples = splits.get(split) or []
         if not samples:
             continue
         summary.sizes[split] = len(samples)
+        counted = task.split_counts(checked, samples, n)
+        if counted is not None:  # the task counts its own targets (boxes)
+            summary.images[split], summary.pixels[split], summary.unit = counted
+            continue
         images = np.zeros(n, np.int64)
         if mapper is None:
             for s in samples:

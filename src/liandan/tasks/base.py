@@ -397,6 +397,14 @@ class Task:
         """report.html's task sections after the shared ones (``out``: the plots folder)."""
         return []
 
+    def split_counts(
+        self, checked: CheckedDataset, samples: list[Sample], num_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """The report's per-class counts of a split, when the task counts its own
+        targets: images containing each class, the class's units and their name
+        (``"boxes"``); None: the shared counts (image labels, or mask pixels)."""
+        return None
+
     # ---------------------------------------------------------------- predict
     def slices_raster(self, path: Path) -> bool:
         """Whether predict handles ``path`` its own streamed way (:meth:`predict_sliced`)

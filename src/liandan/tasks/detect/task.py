@@ -134,7 +134,6 @@ class Detect(Task):
         "export": "the run's model/ (weights.safetensors + model.json) loads with "
         "liandan.models.load_model",
         "tune": "train a few configs with `liandan train` and compare their metrics.json",
-        "report": "metrics.json and history.csv hold the run's metrics and curves",
         "folds": "train one run (data.folds pools confusion matrices and averages "
         "class probabilities, which boxes do not have)",
         "devices": "train detection on one device (train.devices=1, train.num_nodes=1): "
@@ -216,6 +215,35 @@ class Detect(Task):
         found = detect_raster(predictor, path)
         written = write_raster_outputs(found, predictor, out_dir)
         return Prediction(path, None, found.rows, output=written[-2]), written
+
+    def report_sections(
+        self,
+        run: Path,
+        results: SampleResults,
+        predictor: Predictor,
+        checked: CheckedDataset,
+        cfg: Config,
+        meta: dict[str, Any],
+        out: Path,
+    ) -> list[Any]:
+        from liandan.tasks.detect.report import detection_sections
+        from liandan.tasks.detect.results import DetectionResults
+
+        assert isinstance(results, DetectionResults), "a detection split's results"
+        return detection_sections(run, results, predictor, checked, cfg, out)
+
+    def split_counts(
+        self, checked: CheckedDataset, samples: list[Sample], num_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        import numpy as np
+
+        images = np.zeros(num_classes, np.int64)
+        boxes = np.zeros(num_classes, np.int64)
+        for rec in records_of(checked.index, samples):
+            counts = np.bincount(rec.classes, minlength=num_classes)[:num_classes]
+            boxes += counts
+            images += counts > 0
+        return images, boxes, "boxes"
 
     def scores(self, pred: Path, truth: Path) -> bool:
         from liandan.tasks.detect.scoring import is_box_prediction
