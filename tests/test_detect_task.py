@@ -288,3 +288,40 @@ def test_several_devices_are_refused_before_anything_is_written(
     assert "training on several devices or machines is not yet available for detection" in out
     assert "train.devices" in out
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def _tiny_boxes(root: Path, side: int, box: float) -> Path:
+    """A YOLO folder of 12 gray ``side`` px images, each with two ``box`` px squares."""
+    import numpy as np
+
+    for i in range(12):
+        split = "val" if i >= 9 else "train"
+        image = root / "images" / split / f"{i}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((side, side, 3), 90, np.uint8)).save(image)
+        label = root / "labels" / split / f"{i}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        w = box / side
+        label.write_text(f"0 0.3 0.3 {w} {w}\n1 0.7 0.6 {w} {w}\n")
+    (root / "data.yaml").write_text("names: [car, boat]\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("side", "box", "size", "warned"),
+    [(96, 4.0, 192, False), (128, 1.5, 256, True), (128, 20.0, 128, False)],
+)
+def test_the_plan_enlarges_the_input_so_that_small_boxes_survive(
+    tmp_path: Path, side: int, box: float, size: int, warned: bool
+) -> None:
+    """The fingerprint carries the box statistics and plan_input reads them: small boxes
+    get a larger input (up to the CPU cap), and boxes still too small are said to be."""
+    from liandan.planning import plan
+
+    planned = plan(_tiny_boxes(tmp_path / "data", side, box), device="cpu", use_cache=False)
+    assert planned.fingerprint.boxes["boxes"] == 24
+    assert planned.fingerprint.boxes["relative_size"]["p5"] == pytest.approx(box / side, abs=1e-3)
+    assert planned.config.data.image_size == size
+    reason = planned.reasons["data.image_size"]
+    assert ("smallest boxes" in reason) == (size != side or warned)
+    assert ("may be missed" in reason) == warned

@@ -62,6 +62,9 @@ class Fingerprint:
     # segment: total-variation distance between the class mix of the top and bottom
     # thirds (vertical) and of the left and right thirds (horizontal): 0 = same mix
     layout_shift: dict[str, float] = field(default_factory=dict)
+    # detect: box statistics (tasks.detect.boxes.box_stats: counts, boxes per image,
+    # sizes in px and relative to the image, aspect ratios, COCO size shares)
+    boxes: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ fingerprint

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 # training memory per input pixel (floats): an FPN detector over the encoder holds
 # about the memory of a U-Net over the same encoder (rough, the plan's batch estimate)
 FLOATS_PER_PIXEL = {"resnet18": 500, "resnet34": 550}
+# the fewest input pixels across the plan keeps the smallest boxes (5th percentile) at:
+# FCOS's finest level has a stride of 8, so a smaller object falls within one cell
+MIN_BOX_PX = 8
 
 
 def records_of(index: DatasetIndex, samples: list[Sample]) -> list[ImageBoxes]:
@@ -295,14 +298,22 @@ class Detect(Task):
     def plan_input(self, facts: PlanFacts) -> None:
         cap = 512 if facts.gpu else 256
         size = facts.sized(cap)
-        rel = (getattr(facts.fp, "boxes", None) or {}).get("relative_size", {})
-        if rel and size < cap:  # small objects: keep at least 8 input pixels across
-            small = rel.get("p5", 0.0)
-            if small and small * size < 8:
-                wanted = min(cap, 32 * -(-int(8 / small) // 32))
-                facts.put("data.image_size", wanted, f"the smallest boxes (5th percentile "
-                          f"{small:.3f} of the image side) keep 8 px across at {wanted} px")  # fmt: skip
+        # small objects: keep the smallest boxes (5th percentile) MIN_BOX_PX across
+        small = facts.fp.boxes.get("relative_size", {}).get("p5", 0.0)
+        if small and small * size < MIN_BOX_PX:
+            wanted = min(cap, 32 * -(-int(MIN_BOX_PX / small) // 32))
+            reason = f"the smallest boxes (5th percentile {small:.3f} of the image side) "
+            if wanted > size:
                 size = wanted
+                reason += f"keep {small * size:.0f} px across at {size} px"
+            else:
+                reason = f"capped at {cap}; " + reason
+            if small * size < MIN_BOX_PX:
+                reason += (
+                    f"; they are only {small * size:.1f} px across at {size} px and may be "
+                    "missed: a larger data.image_size (on a GPU) keeps them"
+                )
+            facts.put("data.image_size", size, reason)
         facts.size = size
 
     def plan_model(self, facts: PlanFacts) -> int:
@@ -444,6 +455,7 @@ class Detect(Task):
         fp.classes = list(index.classes.names)
         stats = box_stats(records_of(index, good), fp.classes)
         fp.class_images = dict(stats["class_images"])
+        fp.boxes = stats  # plan_input sizes the input so that small boxes survive
         return list(stats["class_boxes"].values())  # frequencies: boxes per class
 
     def adopt_classes(self, index: DatasetIndex, classes: Any) -> None:
