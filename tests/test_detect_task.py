@@ -325,3 +325,77 @@ def test_the_plan_enlarges_the_input_so_that_small_boxes_survive(
     reason = planned.reasons["data.image_size"]
     assert ("smallest boxes" in reason) == (size != side or warned)
     assert ("may be missed" in reason) == warned
+
+
+def test_tune_searches_detectors_on_map(shapes: Path, tmp_path: Path) -> None:
+    """`liandan tune` runs detection trials, maximizing val/map, over the default space
+    (the shared keys and the detector family)."""
+    import optuna
+    import yaml
+
+    from liandan.tuning import load_space
+
+    assert load_space(None, "detect")["model.arch"] == ["fcos", "retinanet"]
+    space = tmp_path / "space.yaml"
+    space.write_text("model.arch: [fcos, retinanet]\n")
+    args = ["tune", str(shapes), "--space", str(space), "--name", "d", "--trials", "2"]
+    tiny = [*QUICK[1:], "train.epochs=1", "train.steps_per_epoch=2"]  # tune takes no --no-plan
+    assert main([*args, *tiny, "--out", str(tmp_path / "runs")]) == 0
+    folder = tmp_path / "runs" / "tune-d"
+    study = optuna.load_study(study_name="d", storage=f"sqlite:///{folder / 'study.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and all(0.0 <= t.value <= 1.0 for t in done)
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["task"] == "detect" and best["model"]["arch"] in ("fcos", "retinanet")
+
+
+def _as_voc(shapes: Path, root: Path) -> Path:
+    """The shapes dataset rewritten as Pascal VOC: Annotations/*.xml (1-based corners),
+    JPEGImages/, ImageSets/Main/{train,val}.txt."""
+    truth = read_detection(shapes)
+    lists: dict[str, list[str]] = {}
+    for rec in truth.images:
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        shutil.copy(rec.path, root / "JPEGImages" / rec.path.name)
+        objects = "".join(
+            f"<object><name>{truth.class_names[int(c)]}</name><difficult>0</difficult><bndbox>"
+            f"<xmin>{x1 + 1:.2f}</xmin><ymin>{y1 + 1:.2f}</ymin><xmax>{x2:.2f}</xmax>"
+            f"<ymax>{y2:.2f}</ymax></bndbox></object>"
+            for (x1, y1, x2, y2), c in zip(rec.boxes.tolist(), rec.classes, strict=True)
+        )
+        xml = (
+            f"<annotation><filename>{rec.path.name}</filename><size><width>{rec.width}</width>"
+            f"<height>{rec.height}</height><depth>3</depth></size>{objects}</annotation>"
+        )
+        (root / "Annotations").mkdir(exist_ok=True)
+        (root / "Annotations" / f"{rec.path.stem}.xml").write_text(xml)
+        lists.setdefault(str(rec.split), []).append(rec.path.stem)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for split, stems in lists.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    (root / "classes.txt").write_text("\n".join(truth.class_names) + "\n")
+    return root
+
+
+def test_a_pascal_voc_folder_trains_and_a_voc_with_masks_too_is_ambiguous(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liandan.data.layouts import find_samples
+
+    voc = _as_voc(shapes, tmp_path / "voc")
+    index = find_samples(voc)
+    assert (index.layout, index.task) == ("voc-boxes", "detect")
+    yolo = read_detection(shapes)
+    assert sum(len(r.boxes) for r in index.source.images) == sum(len(r.boxes) for r in yolo.images)
+    runs = tmp_path / "runs"
+    assert main(["train", str(voc), *QUICK, "train.epochs=1", "--out", str(runs)]) == 0
+    metrics = json.loads((runs / "train" / "metrics.json").read_text())
+    val_boxes = sum(len(r.boxes) for r in yolo.images if r.split == "val")
+    assert sum(sum(row) for row in metrics["confusion_matrix"][:-1]) == val_boxes
+    # VOC 2012 holds boxes and masks: without a task the folder reads two ways
+    (voc / "SegmentationClass").mkdir()
+    assert main(["scan", str(voc)]) == 1
+    err = capsys.readouterr().err
+    assert "task=detect" in err and "data.layout=voc" in err
+    assert find_samples(voc, task="detect").layout == "voc-boxes"

@@ -42,8 +42,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# the folder layouts (liandan.data.finders); yolo and coco hold boxes (detection)
-Layout = Literal["auto", "imagefolder", "csv", "pairs", "voc", "yolo", "coco"]
+# the folder layouts (liandan.data.finders); yolo, coco and voc-boxes hold boxes (detection)
+Layout = Literal["auto", "imagefolder", "csv", "pairs", "voc", "yolo", "coco", "voc-boxes"]
 
 
 class DataConfig(Section):

@@ -1,7 +1,7 @@
 """The finders of each folder layout: a dataset folder -> a :class:`DatasetIndex`.
 
-One function per layout (``imagefolder``, ``csv``, ``pairs``, ``voc``; ``yolo`` and
-``coco`` for detection, read by :mod:`liandan.tasks.detect.formats`), registered in
+One function per layout (``imagefolder``, ``csv``, ``pairs``, ``voc``; ``yolo``,
+``coco`` and ``voc-boxes`` (Pascal VOC XML) for detection, read by :mod:`liandan.tasks.detect.formats`), registered in
 :data:`LAYOUTS` with its task; :func:`liandan.data.layouts.find_samples` picks one (the
 folder names are read by :mod:`liandan.data.folders`). Problems a user can fix (missing
 folder, image without mask, empty class) are :class:`DataError` s that list every
@@ -241,6 +241,12 @@ def _find_yolo(root: Path, ignore_index: int | None) -> DatasetIndex:
     return _detection_index(root, "yolo", read_yolo(root))
 
 
+def _find_voc_boxes(root: Path, ignore_index: int | None) -> DatasetIndex:
+    from liandan.tasks.detect.voc import read_voc
+
+    return _detection_index(root, "voc-boxes", read_voc(root))
+
+
 def _coco_split(path: Path, root: Path) -> str | None:
     """The split a COCO file stands for: its split folder, else a word of its name
     (``instances_val2017.json`` -> val)."""
@@ -311,6 +317,7 @@ LAYOUTS: dict[str, tuple[Finder, str]] = {
     "voc": (_find_voc, "segment"),
     "yolo": (_find_yolo, "detect"),
     "coco": (_find_coco, "detect"),
+    "voc-boxes": (_find_voc_boxes, "detect"),
     "csv": (_find_csv, "classify"),
     "pairs": (find_pairs, "segment"),
     "imagefolder": (_find_imagefolder, "classify"),

@@ -246,6 +246,12 @@ def _has_voc(root: Path) -> bool:
     return (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir()
 
 
+def _has_voc_boxes(root: Path) -> bool:
+    """Pascal VOC boxes: ``Annotations/*.xml`` beside ``JPEGImages/``."""
+    ann = root / "Annotations"
+    return (root / "JPEGImages").is_dir() and ann.is_dir() and any(ann.glob("*.xml"))
+
+
 def _has_csv(root: Path) -> bool:
     path = child(root, "labels.csv")
     return path is not None and path.is_file()
@@ -294,7 +300,7 @@ def coco_files(root: Path) -> list[Path]:
 
 def _choice(layout: str, task: str) -> str:
     """How a user picks a reading: ``data.layout``, or ``task`` for detection layouts."""
-    return f"task={task}" if layout in ("yolo", "coco") else f"data.layout={layout}"
+    return f"task={task}" if layout in ("yolo", "coco", "voc-boxes") else f"data.layout={layout}"
 
 
 def _no_masks(site: PairSite, coco: list[Path]) -> bool:
@@ -319,6 +325,8 @@ def detect(root: Path, task: str | None = None) -> str:
     readings: list[tuple[str, str, str]] = []  # (layout value, task, description)
     if _has_voc(root):
         readings.append(("voc", "segment", "Pascal VOC: JPEGImages/ + SegmentationClass/"))
+    if _has_voc_boxes(root):
+        readings.append(("voc-boxes", "detect", "detection: Pascal VOC XML in Annotations/"))
     if _has_csv(root):
         readings.append(("csv", "classify", "classification listed in labels.csv"))
     yolo = yolo_label_dirs(root)

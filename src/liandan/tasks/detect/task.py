@@ -136,7 +136,6 @@ class Detect(Task):
     NOT_YET: ClassVar[dict[str, str]] = {
         "export": "the run's model/ (weights.safetensors + model.json) loads with "
         "liandan.models.load_model",
-        "tune": "train a few configs with `liandan train` and compare their metrics.json",
         "folds": "train one run (data.folds pools confusion matrices and averages "
         "class probabilities, which boxes do not have)",
         "devices": "train detection on one device (train.devices=1, train.num_nodes=1): "
@@ -160,8 +159,9 @@ class Detect(Task):
             )
 
     def search_space(self) -> dict[str, Any]:
-        self.refuse("tune")
-        return {}
+        # beside the shared keys: the detector family (anchor-free FCOS, anchor-based
+        # RetinaNet); the objective is the monitor, val/map (COCO mAP@[.5:.95])
+        return {"model.arch": ["fcos", "retinanet"]}
 
     def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:
         self.refuse("export")
