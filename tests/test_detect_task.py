@@ -79,7 +79,7 @@ def test_evaluate_reproduces_the_runs_metrics(trained: Path, tmp_path: Path) -> 
     assert again["confusion_matrix"] == written["confusion_matrix"]
 
 
-@pytest.mark.parametrize("command", ["export", "tta"])
+@pytest.mark.parametrize("command", ["export"])
 def test_what_detection_lacks_yet_is_refused_by_name(
     trained: Path, shapes: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -88,10 +88,6 @@ def test_what_detection_lacks_yet_is_refused_by_name(
         "export": (
             ["export", str(trained), "--format", "onnx"],
             "liandan export is not yet available for detection",
-        ),
-        "tta": (
-            ["predict", str(trained), str(shapes / "images" / "val"), "--out", str(out), "--tta"],
-            "test-time augmentation is not yet available for detection",
         ),
     }[command]
     before = sorted(p.name for p in trained.iterdir())
@@ -166,6 +162,26 @@ def test_score_threshold_and_nms_iou_keys_reach_predict_and_evaluate(
     written = json.loads((trained / "metrics.json").read_text())["overall"]
     assert overall["score_threshold"] == 0.05 and written["score_threshold"] == 0.25
     assert overall["map"] == pytest.approx(written["map"], abs=1e-6)  # mAP reads every score
+
+
+def test_tta_reaches_predict_and_evaluate(trained: Path, shapes: Path, tmp_path: Path) -> None:
+    """--tta (predict.tta) runs the detector over flips and fuses the boxes: predictions
+    stay in the image, and evaluation under TTA is a different, valid measurement."""
+    images = sorted((shapes / "images" / "val").glob("*.png"))[:3]
+    out = tmp_path / "pred"
+    keys = ["--tta", "predict.score_threshold=0.01"]
+    assert main(["predict", str(trained), *map(str, images), "--out", str(out), *keys]) == 0
+    found = json.loads((out / "detections.json").read_text())
+    assert found and all(0.01 <= d["score"] <= 1.0 for d in found)
+    for d in found:
+        x, y, w, h = d["bbox"]
+        assert -0.01 <= x and -0.01 <= y and x + w <= 64.01 and y + h <= 64.01
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["evaluate", str(run), "predict.tta=true"]) == 0
+    tta = json.loads((run / "metrics.json").read_text())["overall"]
+    plain = json.loads((trained / "metrics.json").read_text())["overall"]
+    assert 0.0 <= tta["map"] <= 1.0 and tta["map"] != plain["map"]
 
 
 def test_a_coco_json_folder_trains(shapes: Path, tmp_path: Path) -> None:

@@ -50,23 +50,20 @@ def postprocess_settings(predictor: Predictor) -> tuple[float, float | None]:
 
 def configure_detector(predictor: Predictor) -> float:
     """Set the predictor's detector to its NMS IoU, and its score floor low enough for
-    the score threshold; return the threshold (detections kept, and P/R/F1's).
-    Refuses ``predict.tta``, which detection does not have yet."""
-    from liandan.errors import ConfigError
+    the score threshold; with ``predict.tta``, wrap it in
+    :class:`~liandan.tasks.detect.tta.FlipTTA` (once). Returns the threshold
+    (detections kept, and P/R/F1's)."""
     from liandan.tasks.detect.models import Detector
-
-    if predictor.tta:
-        raise ConfigError(
-            "test-time augmentation is not yet available for detection",
-            where="predict.tta",
-            hint="set predict.tta=false (leave out --tta)",
-        )
+    from liandan.tasks.detect.tta import FlipTTA
 
     threshold, nms_iou = postprocess_settings(predictor)
-    model = predictor.model
+    wrapped = predictor.model
+    model = wrapped.detector if isinstance(wrapped, FlipTTA) else wrapped
     assert isinstance(model, Detector), "a detection run's model is a Detector"
     floor, _ = model.built_postprocess
     model.set_postprocess(min(floor, threshold), nms_iou)
+    if predictor.tta and not isinstance(wrapped, FlipTTA):
+        predictor.model = FlipTTA(model)
     return threshold
 
 
