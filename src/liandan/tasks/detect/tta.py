@@ -87,16 +87,16 @@ class FlipTTA(nn.Module):
 
     def __init__(self, detector: nn.Module, iou: float = FUSION_IOU) -> None:
         super().__init__()
-        self.detector = detector
+        self.detector: Any = detector  # a Detector (or any module called the same way)
         self.iou = iou
 
     @property
     def postprocess(self) -> tuple[float, float]:
-        return self.detector.postprocess  # type: ignore[no-any-return]
+        return tuple(self.detector.postprocess)  # type: ignore[return-value]
 
     @property
     def built_postprocess(self) -> tuple[float, float]:
-        return self.detector.built_postprocess  # type: ignore[no-any-return]
+        return tuple(self.detector.built_postprocess)  # type: ignore[return-value]
 
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         height, width = int(images.shape[-2]), int(images.shape[-1])
