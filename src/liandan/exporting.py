@@ -100,6 +100,7 @@ def _export_onnx(
     opset: int,
     dynamic: bool,
     verbose: bool = False,
+    output_names: list[str] | None = None,
 ) -> str:
     """Write ``path`` with PyTorch's ``torch.export``-based exporter; returns which one ran.
 
@@ -112,7 +113,7 @@ def _export_onnx(
         "args": (example,),
         "f": str(tmp),
         "input_names": [INPUT_NAME],
-        "output_names": [OUTPUT_NAME],
+        "output_names": output_names or [OUTPUT_NAME],
         "opset_version": opset,
     }
     dims = {0: torch.export.Dim("batch", min=1, max=1024)}
@@ -128,9 +129,14 @@ def _export_onnx(
         except Exception as first:
             axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
             out_axes = axes if example.ndim == 4 and dynamic else {0: "batch"}
+            names = output_names or [OUTPUT_NAME]
+            if len(names) > 1:  # several outputs (detection): each has a batch dimension
+                out_axes = {0: "batch"}
             try:
                 torch.onnx.export(
-                    **common, dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes}, dynamo=False
+                    **common,
+                    dynamic_axes={INPUT_NAME: axes, **{name: out_axes for name in names}},
+                    dynamo=False,
                 )
             except Exception:
                 raise first from None
@@ -158,7 +164,7 @@ def _onnx_runner(path: Path):  # type: ignore[no-untyped-def]
 
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]
+    return lambda x: session.run(None, {INPUT_NAME: x.numpy()})  # every output, in order
 
 
 def export(
@@ -228,16 +234,22 @@ def _export(
     model, meta = load_model(run)  # safetensors only: loading never unpickles
     model = model.float().eval()
     task = meta["task"]
-    dynamic = get_task(task).dynamic_export if dynamic is None else dynamic
+    spec = get_task(task)
+    dynamic = spec.dynamic_export if dynamic is None else dynamic
     sizes = _check_sizes(meta)
     bands = int(meta["in_channels"])
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(1, bands, *sizes[0], generator=gen)
+    # what is exported (a detector: its dense outputs), its outputs, model.json's extras
+    target, output_names, extra = spec.export_module(model, meta, sizes[0])
+    target = target.eval()
     exporter, written = "torch.jit.trace", None  # what a TorchScript bundle records
     try:
         if format == "onnx":
             with torch.no_grad():
-                exporter = _export_onnx(model, example, path, opset, dynamic, verbose)
+                exporter = _export_onnx(
+                    target, example, path, opset, dynamic, verbose, output_names
+                )
             written = _written_opset(path)
             if written != opset:
                 log.warning(
@@ -249,12 +261,16 @@ def _export(
             runner = _onnx_runner(path)
         else:
             with torch.no_grad(), _exporter_output(verbose):
-                traced = torch.jit.trace(model, example, check_trace=False)
+                traced = torch.jit.trace(target, example, check_trace=False)
             with _exporter_output(verbose):  # torch.jit.save/load warn they are deprecated
                 buffer = _save_torchscript(traced)
                 atomic_write_bytes(path, buffer)
                 loaded = torch.jit.load(str(path), map_location="cpu")
-            runner = lambda x: loaded(x).detach().numpy()  # noqa: E731
+
+            def runner(x: torch.Tensor) -> list[Any]:
+                with torch.no_grad():
+                    out = loaded(x)
+                return [t.numpy() for t in (out if isinstance(out, tuple | list) else [out])]
     except (ConfigError, CheckpointError):
         raise
     except Exception as exc:
@@ -266,22 +282,14 @@ def _export(
             where="model.arch",
             hint="try another --opset, the other format, or an architecture that exports",
         ) from None
-    diffs: dict[str, float] = {}
-    for h, w in sizes:
-        x = torch.randn(2, bands, h, w, generator=gen)
-        with torch.no_grad():
-            eager = _probs(model(x))
-        diff = float(np.abs(_probs(runner(x)) - eager).max())
-        diffs[f"{h}x{w}"] = diff
-        if not diff <= TOLERANCE:
-            path.unlink(missing_ok=True)
-            raise ConfigError(
-                f"the exported model differs from PyTorch by {diff:.2e} at {h}x{w} "
-                f"(tolerance {TOLERANCE:g})",
-                where=str(path),
-                hint="report this model/format combination; use the other format meanwhile",
-            )
-    shape_out = get_task(task).output_axes(len(meta["classes"]))
+    meta["export"] = dict(extra)  # what the task's check reads (detection: postprocess)
+    try:
+        diffs = spec.check_export(model, target, runner, meta, sizes, gen)
+    except ConfigError as exc:  # an export that differs is not kept
+        path.unlink(missing_ok=True)
+        where = exc.where or str(path)
+        raise ConfigError(exc.message, where=where, hint=exc.hint, items=exc.items) from None
+    shape_out = spec.output_axes(len(meta["classes"]))
     meta["export"] = {
         "format": format,
         "file": path.name,
@@ -303,9 +311,36 @@ def _export(
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "kind": "logits", "shape": shape_out},
         "tolerance": TOLERANCE,
         "max_abs_diff": diffs,
+        **extra,  # the task's own entries (detection: outputs, postprocess, its checks)
     }
     atomic_write_json(out_dir / "model.json", meta)
     return ExportResult(out_dir, path, format, diffs)
+
+
+def check_probabilities(
+    model: torch.nn.Module,
+    runner: Any,
+    meta: dict[str, Any],
+    sizes: list[tuple[int, int]],
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """The largest difference of class probabilities between the export (``runner``:
+    input -> its outputs) and eager PyTorch at each size; raises above ``TOLERANCE``."""
+    bands = int(meta["in_channels"])
+    diffs: dict[str, float] = {}
+    for h, w in sizes:
+        x = torch.randn(2, bands, h, w, generator=generator)
+        with torch.no_grad():
+            eager = _probs(model(x))
+        diff = float(np.abs(_probs(runner(x)[0]) - eager).max())
+        diffs[f"{h}x{w}"] = diff
+        if not diff <= TOLERANCE:
+            raise ConfigError(
+                f"the exported model differs from PyTorch by {diff:.2e} at {h}x{w} "
+                f"(tolerance {TOLERANCE:g})",
+                hint="report this model/format combination; use the other format meanwhile",
+            )
+    return diffs
 
 
 def _save_torchscript(module: Any) -> bytes:
@@ -341,9 +376,10 @@ class OnnxModule(torch.nn.Module):
         self.session = ort.InferenceSession(str(path), providers=providers)
         self.input_shape = self.session.get_inputs()[0].shape
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {INPUT_NAME: x.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+    def forward(self, x: torch.Tensor) -> Any:
+        outs = self.session.run(None, {INPUT_NAME: x.detach().cpu().float().numpy()})
+        tensors = tuple(torch.from_numpy(o).to(x.device) for o in outs)
+        return tensors[0] if len(tensors) == 1 else tensors  # several: a detector's
 
 
 def load_export(folder: Path, meta: dict[str, Any]) -> torch.nn.Module:
@@ -354,8 +390,9 @@ def load_export(folder: Path, meta: dict[str, Any]) -> torch.nn.Module:
     path = folder / str(info.get("file", FILES[info["format"]]))
     if not path.is_file():
         raise CheckpointError(f"{path.name} is missing beside model.json", where=folder)
+    spec = get_task(meta["task"])
     if info["format"] == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return spec.wrap_export(torch.jit.load(str(path), map_location="cpu").eval(), meta)
     try:
         module = OnnxModule(path)
     except ImportError:
@@ -371,7 +408,7 @@ def load_export(folder: Path, meta: dict[str, Any]) -> torch.nn.Module:
             where=folder / "model.json",
             hint="the bundle was altered: export it again from the run",
         )
-    return module
+    return spec.wrap_export(module, meta)  # a detector: its postprocess around the network
 
 
 def read_bundle(folder: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -469,6 +469,34 @@ class Task:
         """The exported output's axes, as model.json records them."""
         raise NotImplementedError
 
+    def export_module(
+        self, model: torch.nn.Module, meta: dict[str, Any], size: tuple[int, int]
+    ) -> tuple[torch.nn.Module, list[str] | None, dict[str, Any]]:
+        """What ``liandan export`` exports for inputs of ``size``: the module, its output
+        names (None: the one ``logits``) and entries model.json's ``export`` gains
+        (default: the network itself, nothing more)."""
+        return model, None, {}
+
+    def check_export(
+        self,
+        model: torch.nn.Module,
+        exported: torch.nn.Module,
+        runner: Any,
+        meta: dict[str, Any],
+        sizes: list[tuple[int, int]],
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        """Compare the written export (``runner``: a batch -> its outputs) with PyTorch;
+        raise :class:`~liandan.errors.ConfigError` when it differs; the figures model.json
+        records (default: class probabilities within the exporter's tolerance)."""
+        from liandan.exporting import check_probabilities
+
+        return check_probabilities(model, runner, meta, sizes, generator)
+
+    def wrap_export(self, module: torch.nn.Module, meta: dict[str, Any]) -> torch.nn.Module:
+        """How a loaded export is called at predict time (default: as it is)."""
+        return module
+
     def target_mapper(self, classes: ClassSpec) -> Any:
         """What turns a stored target into class indices (None: targets are indices)."""
         return None

@@ -53,13 +53,14 @@ def configure_detector(predictor: Predictor) -> float:
     the score threshold; with ``predict.tta``, wrap it in
     :class:`~liandan.tasks.detect.tta.FlipTTA` (once). Returns the threshold
     (detections kept, and P/R/F1's)."""
+    from liandan.tasks.detect.export import ExportedDetector
     from liandan.tasks.detect.models import Detector
     from liandan.tasks.detect.tta import FlipTTA
 
     threshold, nms_iou = postprocess_settings(predictor)
     wrapped = predictor.model
     model = wrapped.detector if isinstance(wrapped, FlipTTA) else wrapped
-    assert isinstance(model, Detector), "a detection run's model is a Detector"
+    assert isinstance(model, Detector | ExportedDetector), "a detector or its export"
     floor, _ = model.built_postprocess
     model.set_postprocess(min(floor, threshold), nms_iou)
     if predictor.tta and not isinstance(wrapped, FlipTTA):

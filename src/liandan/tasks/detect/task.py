@@ -134,8 +134,6 @@ class Detect(Task):
 
     # what the shared machinery cannot do with boxes yet, refused before it starts
     NOT_YET: ClassVar[dict[str, str]] = {
-        "export": "the run's model/ (weights.safetensors + model.json) loads with "
-        "liandan.models.load_model",
         "folds": "train one run (data.folds pools confusion matrices and averages "
         "class probabilities, which boxes do not have)",
         "devices": "train detection on one device (train.devices=1, train.num_nodes=1): "
@@ -164,8 +162,59 @@ class Detect(Task):
         return {"model.arch": ["fcos", "retinanet"]}
 
     def export_sizes(self, meta: dict[str, Any]) -> list[tuple[int, int]]:
-        self.refuse("export")
-        return []
+        size = int(meta.get("image_size", 256))  # predict letterboxes to it
+        return [(size, size)]
+
+    def output_axes(self, num_classes: int) -> list[str | int]:
+        return ["batch", "anchors", num_classes]  # the dense scores
+
+    def export_module(
+        self, model: torch.nn.Module, meta: dict[str, Any], size: tuple[int, int]
+    ) -> tuple[torch.nn.Module, list[str] | None, dict[str, Any]]:
+        from liandan.errors import ConfigError
+        from liandan.tasks.detect.export import OUTPUT_NAMES, DenseDetector, postprocess_settings
+
+        arch = getattr(model, "arch", meta.get("arch"))
+        if arch not in ("fcos", "retinanet"):
+            raise ConfigError(
+                f"liandan export is not yet available for the two-stage {arch}",
+                where="model.arch",
+                hint="fcos and retinanet export; the run's model/ loads with "
+                "liandan.models.load_model",
+            )
+        dense = DenseDetector(model, *size, int(meta["in_channels"]))
+        extra = {
+            "output": {  # replaces the single-output entry of the other tasks
+                "names": OUTPUT_NAMES,
+                "dtype": "float32",
+                "kind": "dense detections: x1 y1 x2 y2 in input pixels, class scores",
+                "shapes": {
+                    "boxes": ["batch", "anchors", 4],
+                    "scores": ["batch", "anchors", len(meta["classes"])],
+                },
+            },
+            "postprocess": postprocess_settings(model, dense),
+        }
+        return dense, OUTPUT_NAMES, extra
+
+    def check_export(
+        self,
+        model: torch.nn.Module,
+        exported: torch.nn.Module,
+        runner: Any,
+        meta: dict[str, Any],
+        sizes: list[tuple[int, int]],
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        from liandan.tasks.detect.export import DenseDetector, check_export
+
+        assert isinstance(exported, DenseDetector), "export_module's module"
+        return check_export(model, exported, runner, meta, sizes[0], generator)
+
+    def wrap_export(self, module: torch.nn.Module, meta: dict[str, Any]) -> torch.nn.Module:
+        from liandan.tasks.detect.export import ExportedDetector
+
+        return ExportedDetector(module, meta)
 
     # ------------------------------------------------------------ predict
     def predict_array(
