@@ -153,6 +153,27 @@ def test_budget_fit_sizes_epochs_and_the_schedule(tmp_path: Path) -> None:
     assert cfg.train.steps_per_epoch == 7
 
 
+def test_fast_steps_get_longer_epochs_so_that_the_budget_is_used(tmp_path: Path) -> None:
+    """A LeNet on digits: 7.5 ms steps, 0.02 s of validation. Epochs of the fixed-cost
+    rule (22 steps) times the 300 epochs would stop the run after a fifth of its 5
+    minutes (it ended at 162 s of 300): the epochs get longer instead, and the planned
+    steps fill the training time."""
+    from liandan.config import Config
+
+    cfg = Config.load(None, ["train.budget=5m", "train.epochs=300"])
+    bundle = SimpleNamespace(train_loader=[None] * 22, val_loader=_Loader(4, SimpleNamespace()))
+    probe = {"step_s": 0.0075, "val_batch_s": 0.0028, "ckpt_s": 0.005}
+    info = fit_budget(cfg, bundle, None, tmp_path, spent_s=7.0, probe=probe)
+    steps = cfg.train.steps_per_epoch
+    assert steps > 22 and info["steps_planned"] <= 300 * steps
+    by_time = info["train_s"] / (0.0075 + info["fixed_epoch_s"] / steps)
+    assert info["steps_planned"] >= 0.99 * by_time  # the time decides, not train.epochs
+    # a number of steps per epoch you set is kept, and then train.epochs does cap the run
+    cfg = Config.load(None, ["train.budget=5m", "train.epochs=300", "train.steps_per_epoch=22"])
+    info = fit_budget(cfg, bundle, None, tmp_path, probe=probe)
+    assert cfg.train.steps_per_epoch == 22 and info["steps_planned"] == 300 * 22
+
+
 class _Loader(list):  # type: ignore[type-arg]
     def __init__(self, n: int, dataset: object) -> None:
         super().__init__([None] * n)

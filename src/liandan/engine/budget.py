@@ -245,11 +245,19 @@ def fit_budget(
     fixed_s = fixed_epoch_s(bundle, probe)
     per_pass = len(bundle.train_loader)
     steps = cfg.train.steps_per_epoch
-    if not isinstance(steps, int):  # None or auto: sized by the fixed-cost rule
+    auto = not isinstance(steps, int)
+    if auto:  # None or auto: sized by the fixed-cost rule
         steps = epoch_steps(fixed_s, probe["step_s"], train_s)
-        cfg.train.steps_per_epoch = steps
     epoch_s = steps * probe["step_s"] + fixed_s
     planned = max(1, int(train_s / epoch_s * steps))
+    if auto and planned > cfg.train.epochs * steps:
+        # train.epochs bounds the number of epochs (validations), not the budget: fast
+        # steps (a small network) get longer epochs, so that the budget is used
+        steps = math.ceil(train_s / max(probe["step_s"], 1e-6) / cfg.train.epochs)
+        epoch_s = steps * probe["step_s"] + fixed_s
+        planned = max(1, int(train_s / epoch_s * steps))
+    if auto:
+        cfg.train.steps_per_epoch = steps
     planned = min(planned, cfg.train.epochs * steps)  # train.epochs is an upper bound
     warmup = cfg.schedule.warmup_epochs
     cfg.schedule.warmup_epochs = round(min(warmup, WARMUP_SHARE * planned / steps), 3)
