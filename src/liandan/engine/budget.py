@@ -244,10 +244,9 @@ def fit_budget(
     train_s = max(0.0, END_MARGIN * budget_s - spent_s - after_s)
     fixed_s = fixed_epoch_s(bundle, probe)
     per_pass = len(bundle.train_loader)
-    steps = cfg.train.steps_per_epoch
-    auto = not isinstance(steps, int)
-    if auto:  # None or auto: sized by the fixed-cost rule
-        steps = epoch_steps(fixed_s, probe["step_s"], train_s)
+    given = cfg.train.steps_per_epoch
+    auto = not isinstance(given, int)  # None or auto: sized by the fixed-cost rule
+    steps: int = epoch_steps(fixed_s, probe["step_s"], train_s) if auto else int(given)  # type: ignore[arg-type]
     epoch_s = steps * probe["step_s"] + fixed_s
     planned = max(1, int(train_s / epoch_s * steps))
     if auto and planned > cfg.train.epochs * steps:
