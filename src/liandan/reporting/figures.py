@@ -22,6 +22,15 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def save_figure(fig: Any, target: Path) -> Path:
+    """Lay ``fig`` out, write it to ``target`` (100 dpi PNG) and close it."""
+    plt = _plt()
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
 def plot_curves(history_csv: Path, out: Path) -> Path | None:
     """Losses, validation metrics and learning rate per epoch, from history.csv."""
     if not history_csv.is_file():
@@ -56,11 +65,7 @@ def plot_curves(history_csv: Path, out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    target = out / "curves.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return save_figure(fig, out / "curves.png")
 
 
 def plot_confusion(metrics: dict[str, Any], out: Path) -> Path:
@@ -98,11 +103,7 @@ def plot_confusion(metrics: dict[str, Any], out: Path) -> Path:
                         color=color,
                         fontsize=8,
                     )
-    fig.tight_layout()
-    target = out / "confusion_matrix.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return save_figure(fig, out / "confusion_matrix.png")
 
 
 MAX_CURVES = 20  # classes drawn in the PR / ROC plots (the largest by support)
@@ -152,11 +153,7 @@ def plot_pr_roc(
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower left" if ax is ax_pr else "lower right")
-    fig.tight_layout()
-    target = out / "pr_roc.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return save_figure(fig, out / "pr_roc.png")
 
 
 def plot_class_distribution(

@@ -140,7 +140,7 @@ def _colours(names: Sequence[str]) -> list[tuple[float, float, float]]:
 
 def plot_pr(found: Any, names: Sequence[str], out: Path) -> Path:
     """Per class, COCO's interpolated precision against recall at IoU .5."""
-    from liandan.reporting.figures import _plt
+    from liandan.reporting.figures import _plt, save_figure
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -154,11 +154,7 @@ def plot_pr(found: Any, names: Sequence[str], out: Path) -> Path:
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title("precision-recall at IoU 0.5")
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    target = out / "pr_curves.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return save_figure(fig, out / "pr_curves.png")
 
 
 def plot_confidence(
@@ -166,7 +162,7 @@ def plot_confidence(
 ) -> tuple[Path, float, float]:
     """F1, precision and recall against the confidence threshold; returns the plot, the
     threshold where pooled F1 peaks and that F1."""
-    from liandan.reporting.figures import _plt
+    from liandan.reporting.figures import _plt, save_figure
 
     plt = _plt()
     pooled = curves["f1"][len(names)]
@@ -182,10 +178,7 @@ def plot_confidence(
         ax.set_title(f"{key} against confidence (IoU 0.5)")
     axes[0].axvline(THRESHOLDS[best], color="black", ls=":", lw=1)
     axes[0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    target = out / "confidence_curves.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
+    target = save_figure(fig, out / "confidence_curves.png")
     return target, float(THRESHOLDS[best]), float(np.nan_to_num(pooled[best]))
 
 
@@ -197,7 +190,7 @@ def plot_box_sizes(
     out: Path,
 ) -> Path | None:
     """Histograms of sqrt(box area), truth per class and the kept detections."""
-    from liandan.reporting.figures import _plt
+    from liandan.reporting.figures import _plt, save_figure
 
     sides = [np.sqrt(np.clip(r.box_areas(), 0, None)) for r in records]
     if not any(len(s) for s in sides):
@@ -226,11 +219,7 @@ def plot_box_sizes(
     ax.set(xlabel="sqrt(box area), px (original image)", ylabel="boxes")
     ax.set_title("box sizes (validation)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    target = out / "box_sizes.png"
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return save_figure(fig, out / "box_sizes.png")
 
 
 def _draw(
