@@ -173,6 +173,65 @@ def test_colours_that_do_not_match_the_masks_are_named(tmp_path: Path) -> None:
     assert mismatch.file.endswith("classes.yaml")
 
 
+def supervisely_meta(colours: list[str]) -> str:
+    """A class list as Supervisely exports it (meta.json; datasets ship it as
+    classes.json): titles and hex colours."""
+    titles = ["building", "land", "road"]
+    return json.dumps(
+        {
+            "classes": [
+                {"title": t, "shape": "polygon", "color": c, "geometry_config": {}}
+                for t, c in zip(titles, colours, strict=True)
+            ],
+            "tags": [],
+        }
+    )
+
+
+def test_a_class_list_json_maps_colour_masks_without_classes_yaml(tmp_path: Path) -> None:
+    """Colour masks with only the dataset's classes.json were refused ("need a
+    classes.yaml") while the JSON said which colour is which class."""
+    root = tmp_path / "data"
+    truth = colour_pairs(root)
+    as_palette(root / "masks" / "img01.png", truth["img01"], [2, 1, 0])
+    (root / "classes.json").write_text(supervisely_meta(["#3C1098", "#8429F6", "#6EC1E4"]))
+    index = find_samples(root)
+    assert index.classes.names == ["building", "land", "road"]
+    assert any("classes.json" in note for note in index.notes)
+    masks = checked_masks(root)
+    for stem, classes in truth.items():
+        assert np.array_equal(masks[stem], classes), stem
+    report = scan(root)
+    assert report.ok, report.problems
+    assert not [p for p in report.problems if p.file.endswith("classes.json")]  # not "ignored"
+
+
+def test_a_class_list_json_whose_colours_are_not_the_masks_is_refused(tmp_path: Path) -> None:
+    """As the Dubai aerial dataset is published: classes.json's colours are not those in
+    its masks. Both are named, and what to write; nothing is trained on a wrong mapping."""
+    root = tmp_path / "data"
+    colour_pairs(root)
+    (root / "classes.json").write_text(supervisely_meta(["#D0021B", "#F5A623", "#6EC1E4"]))
+    with pytest.raises(DataError) as err:
+        check_dataset(find_samples(root))
+    hint = err.value.hint or ""
+    assert "no class in classes.json" in hint
+    assert "[60, 16, 152]" in hint and "'building' [208, 2, 27]" in hint
+    assert "classes.yaml beside classes.json" in hint
+    report = scan(root)
+    (mismatch,) = [p for p in report.problems if p.kind == "color-mismatch"]
+    assert mismatch.severity == "error" and mismatch.file.endswith("classes.json")
+
+
+def test_classes_yaml_wins_over_a_class_list_json(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    truth = colour_pairs(root)
+    (root / "classes.json").write_text(supervisely_meta(["#D0021B", "#F5A623", "#6EC1E4"]))
+    (root / "classes.yaml").write_text(COLORS_YAML)
+    masks = checked_masks(root)
+    assert all(np.array_equal(masks[s], truth[s]) for s in truth)
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [

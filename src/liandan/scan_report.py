@@ -454,7 +454,8 @@ def scan(
     problems += _label_grid_problems(index, records)
     notes = list(index.notes)
     problems += check_records(index, records, notes, lossy_masks)
-    problems += _stray_files(root, {p for p, _ in paths} | _layout_files(index))
+    side = {yaml_data["_path"]} if yaml_data else set()  # classes.yaml or a class list JSON
+    problems += _stray_files(root, {p for p, _ in paths} | _layout_files(index) | side)
     fingerprint = build_fingerprint(index, records, nodata, lossy_masks)
     return ScanReport(
         root, problems, fingerprint, notes, decoded=decoded, cached=len(records) - decoded

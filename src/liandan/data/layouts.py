@@ -59,6 +59,8 @@ class ClassSpec:
             palette indices (whose order differs from file to file).
         snap_lossy: lossy mask files (JPEG, lossy WebP) are snapped to the nearest
             class value or colour (``data.lossy_masks: nearest``).
+        source: the name of the file that declared the classes (``classes.yaml``, or a
+            class list JSON), for messages.
     """
 
     names: list[str]
@@ -68,6 +70,7 @@ class ClassSpec:
     color_masks: bool = False
     by_color: bool = False
     snap_lossy: bool = False
+    source: str = "classes.yaml"  # the file that declared the classes, for messages
 
     def __post_init__(self) -> None:
         if not self.colors:
@@ -107,11 +110,14 @@ class ClassSpec:
 @dataclass(frozen=True)
 class Sample:
     """One item: an image and its class index (classify), its mask file (segment), or
-    the position of its boxes in ``index.source.images`` (detect)."""
+    the position of its boxes in ``index.source.images`` (detect). ``window``
+    (``col_off, row_off, width, height``) makes the item one window of the image (a
+    large raster cut into detection windows): its pixels are that window's."""
 
     image: Path
     target: int | Path
     split: str | None = None
+    window: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -160,6 +166,46 @@ def read_classes_yaml(root: Path) -> dict[str, Any] | None:
             data = check_classes_yaml(data, path)
             data["_path"] = path
             return data
+    return read_class_list_json(root) if root.is_dir() else None
+
+
+HEX_DIGITS = set("0123456789abcdefABCDEF")
+
+
+def read_class_list_json(root: Path) -> dict[str, Any] | None:
+    """Classes by colour from a JSON file in DATA laid out as Supervisely's ``meta.json``
+    (``{"classes": [{"title": "Water", "color": "#50E3C2", ...}, ...]}``; published
+    datasets ship it as ``meta.json`` or ``classes.json``), as classes.yaml's mapping
+    (``names``, ``colors``, ``_path``), or None when there is no such file.
+
+    Read only without a classes.yaml. Its colours are checked against the masks like
+    those of a classes.yaml: a colour of the masks that is no listed class, or a listed
+    class whose colour occurs in no mask, is named before training starts.
+    """
+    import json
+
+    from liandan.data.classes_yaml import check_classes_yaml
+
+    for path in sorted(root.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError):
+            continue
+        entries = data.get("classes") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            continue
+        names, colors = [], []
+        for entry in entries:
+            title = entry.get("title") if isinstance(entry, dict) else None
+            color = entry.get("color") if isinstance(entry, dict) else None
+            hexa = color.removeprefix("#") if isinstance(color, str) else ""
+            if not isinstance(title, str) or len(hexa) != 6 or not set(hexa) <= HEX_DIGITS:
+                break
+            names.append(title)
+            colors.append([int(hexa[:2], 16), int(hexa[2:4], 16), int(hexa[4:], 16)])
+        else:
+            checked = check_classes_yaml({"names": names, "colors": colors}, path)
+            return {**checked, "_path": path}
     return None
 
 
@@ -174,6 +220,7 @@ def class_spec_from_yaml(data: dict[str, Any], ignore_index: int | None) -> Clas
         ignore_index=data.get("ignore_index") if ignore_index is None else ignore_index,
         # colours without values: the masks mark classes by colour (palette PNGs too)
         by_color=bool(colors) and values is None,
+        source=data["_path"].name if "_path" in data else "classes.yaml",
     )
 
 
@@ -237,6 +284,7 @@ def find_samples(
     task: str | None = None,
     ignore_index: int | None = None,
     strict: bool = True,
+    data: Any = None,
 ) -> DatasetIndex:
     """Index a dataset folder.
 
@@ -248,6 +296,9 @@ def find_samples(
         strict: False collects unpaired images/masks and empty class folders into
             ``index.problems`` instead of raising (``liandan scan`` and training list
             them with every other problem).
+        data: the config's ``data`` section (a ``DataConfig``), for layouts that read
+            more of it (``vector-boxes``: the label attribute, point boxes, windows and
+            the split); None: its defaults.
 
     >>> index = find_samples("data/")  # doctest: +SKIP
     >>> index.task, index.layout, len(index.samples)  # doctest: +SKIP
@@ -269,6 +320,8 @@ def find_samples(
         find = functools.partial(find_pairs, strict=strict, folders=folders)
     elif not strict and name == "imagefolder":
         find = functools.partial(find, strict=False)  # type: ignore[call-arg]
+    elif name == "vector-boxes":
+        find = functools.partial(find, data=data)  # type: ignore[call-arg]
     index = find(root, ignore_index)
     if folders is not None:  # as the config says it, so plan.yaml and runs read it again
         index.layout = f"pairs:{folders[0]}/{folders[1]}"

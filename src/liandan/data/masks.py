@@ -193,7 +193,7 @@ def color_mismatch(
         return None
     top = ", ".join(f"{list(c)} ({n} px)" for c, n in unknown.most_common(8))
     more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-    text = f"the masks hold colour(s) that are no class in classes.yaml: {top}{more}"
+    text = f"the masks hold colour(s) that are no class in {classes.source}: {top}{more}"
     missing = [
         f"{name!r} {list(color)}"
         for name, color, n in zip(classes.names, classes.colors, class_pixels, strict=False)
@@ -202,6 +202,8 @@ def color_mismatch(
     if missing:
         text += f"; classes whose colour occurs in no mask: {', '.join(missing)}"
         text += "; write in 'colors' the colours the masks really hold"
+        if classes.source != "classes.yaml":
+            text += f" (in a classes.yaml beside {classes.source}: it takes precedence)"
     text += "; a colour to leave out of training can be set as ignore_index: [r, g, b]"
     return text
 

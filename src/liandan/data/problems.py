@@ -205,7 +205,7 @@ def _mask_problems(index: DatasetIndex, masks: dict[Path, dict[str, Any]]) -> li
         for code, n in codes.items():
             if code >= 0:
                 pixels[code] += n
-    yaml_file = index.root / "classes.yaml"
+    yaml_file = index.root / spec.source
     where = str(yaml_file if yaml_file.is_file() else index.root)
     mismatch = color_mismatch(spec, unknown, pixels.tolist())
     if mismatch:
