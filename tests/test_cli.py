@@ -100,9 +100,12 @@ def test_segment_pairs_train_evaluate_predict_score(tmp_path: Path) -> None:
 def test_binary_0_255_masks_predicted_in_the_same_value_space(tmp_path: Path) -> None:
     data = make_pairs(tmp_path / "data", n=8, values=(0, 255))
     runs = tmp_path / "runs"
-    assert main(["train", str(data), *FAST_SEG, "--out", str(runs)]) == 0
+    upright = ["augment.hflip=0.5", "augment.vflip=0", "augment.rotate90=0"]
+    assert main(["train", str(data), *FAST_SEG, *upright, "--out", str(runs)]) == 0
     meta = json.loads((runs / "train" / "model" / "model.json").read_text())
     assert meta["classes"] == ["0", "255"] and meta["values"] == [0, 255]
+    # the flips training used: predict.tta averages over these only
+    assert meta["tta_flips"] == [[3]]
     out = tmp_path / "pred"
     assert main(["predict", str(runs / "train"), str(data / "images"), "--out", str(out)]) == 0
     values = set()

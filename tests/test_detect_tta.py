@@ -72,3 +72,20 @@ def test_flip_tta_finds_the_object_once_and_discounts_the_false_alarm() -> None:
     assert first["labels"].tolist() == [1, 0, 0, 0]
     assert first["scores"][1:].tolist() == pytest.approx([0.2] * 3)
     assert found[1]["boxes"][0].tolist() == pytest.approx([3.0, 20.0, 17.0, 30.0])
+
+
+def test_flip_tta_runs_only_the_flips_it_is_given() -> None:
+    """Predictor.tta_flips (the flips training used) reach the detector's TTA: a model
+    trained upright is not run upside down."""
+    seen: list[torch.Tensor] = []
+
+    class Recording(BrightSquare):
+        def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            seen.append(images.clone())
+            return super().forward(images)
+
+    image = square_image(5, 30)
+    found = FlipTTA(Recording(), flips=[(3,)])(image)
+    assert len(seen) == 2
+    assert torch.equal(seen[0], image) and torch.equal(seen[1], torch.flip(image, (3,)))
+    assert found[0]["scores"][0].item() == pytest.approx(0.9)  # both views agree

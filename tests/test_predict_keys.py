@@ -161,6 +161,21 @@ def test_tta_averages_the_flipped_predictions_flipped_back() -> None:
     assert np.abs(got - plain(x)).max() > 1e-3  # the flips changed the prediction
 
 
+def test_tta_of_a_model_trained_upright_leaves_out_the_upside_down_view() -> None:
+    """A model trained without vertical flips (the plan's rule for photos with an up
+    direction) never saw an image upside down: TTA averaged that view in anyway."""
+    from liandan.api import tta_flips
+
+    assert tta_flips(0.5, 0.0) == [[3]] and tta_flips(0.5, 0.5) == [[3], [2]]
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    plain = image_predictor().forward_batch
+    upright = Predictor(ConvNet(3), {**meta(3), "tta_flips": tta_flips(0.5, 0.0)}, tta=True)
+    expected = (plain(x) + np.flip(plain(np.flip(x, 3).copy()), 3)) / 2
+    np.testing.assert_allclose(upright.forward_batch(x), expected, atol=1e-6)
+    unflipped = Predictor(ConvNet(3), {**meta(3), "tta_flips": []}, tta=True)
+    np.testing.assert_allclose(unflipped.forward_batch(x), plain(x), atol=1e-6)
+
+
 def test_blend_weights_overlapping_tiles_as_documented() -> None:
     """Two 32-px tiles over 48 columns (overlap 0.5): columns 16-31 are blended."""
     image = np.moveaxis(smooth_scene(np.random.default_rng(1), 3, 32, 48), 0, -1)

@@ -71,6 +71,14 @@ def _class_weights(cfg: Config, bundle: DataBundle) -> torch.Tensor | None:
     return torch.tensor(setting, dtype=torch.float32)
 
 
+def tta_flips(hflip: float, vflip: float) -> list[list[int]]:
+    """The flips ``predict.tta`` averages over: those training augmented with (as tensor
+    dims, 3 left-right, 2 upside down). A model trained on upright images (``augment.vflip``
+    0, the plan's rule for photos with an up direction) never saw one upside down, and
+    its prediction of such an image would only dilute the others."""
+    return [dims for dims, p in (([3], hflip), ([2], vflip)) if p > 0]
+
+
 def model_meta(cfg: Config, bundle: DataBundle) -> dict[str, Any]:
     """Everything predict needs, so it never reads the training config."""
     classes = bundle.classes
@@ -90,6 +98,7 @@ def model_meta(cfg: Config, bundle: DataBundle) -> dict[str, Any]:
         "normalization": bundle.normalizer.to_dict(),
         "image_size": cfg.data.image_size,
         "eval_resize": cfg.augment.eval_resize,  # classify: resize x this, centre-crop
+        "tta_flips": tta_flips(cfg.augment.hflip, cfg.augment.vflip),
         "tile_size": cfg.predict.tile,
         "arch": cfg.model.arch,
         "encoder": cfg.model.encoder,

@@ -98,6 +98,13 @@ class Predictor:
         self.overlap = overlap
         self.blend = blend
         self.tta = tta
+        # the flips training used (model.json of older runs: both, as predict.tta did)
+        self.tta_flips = [tuple(d) for d in meta.get("tta_flips", [[3], [2]])]
+        if tta and not self.tta_flips:
+            log.warning(
+                "predict.tta: the model was trained without flips (augment.hflip and "
+                "augment.vflip 0), so there is nothing to average: predicting without TTA"
+            )
         self.batch_size = batch_size
         # detection: the detections kept (and P/R/F1's threshold), the NMS IoU
         self.score_threshold = score_threshold
@@ -135,11 +142,11 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         probs = self._probs(x)
-        if self.tta:  # average over flips; each prediction is flipped back first
-            for dims in ((3,), (2,)):
+        if self.tta and self.tta_flips:  # average over flips, each flipped back first
+            for dims in self.tta_flips:
                 out = self._probs(torch.flip(x, dims))
                 probs += self.spec.merge_flipped(out, dims)
-            probs /= 3
+            probs /= 1 + len(self.tta_flips)
         return probs.cpu().numpy()
 
     def _probs(self, x: torch.Tensor) -> torch.Tensor:

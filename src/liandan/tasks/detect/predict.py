@@ -63,8 +63,8 @@ def configure_detector(predictor: Predictor) -> float:
     assert isinstance(model, Detector | ExportedDetector), "a detector or its export"
     floor, _ = model.built_postprocess
     model.set_postprocess(min(floor, threshold), nms_iou)
-    if predictor.tta and not isinstance(wrapped, FlipTTA):
-        predictor.model = FlipTTA(model)
+    if predictor.tta and predictor.tta_flips and not isinstance(wrapped, FlipTTA):
+        predictor.model = FlipTTA(model, flips=predictor.tta_flips)
     return threshold
 
 

@@ -1,7 +1,8 @@
 """Test-time augmentation for detectors: flips, boxes mapped back and fused.
 
-:class:`FlipTTA` runs the detector on the image as it is, flipped left-right and
-flipped upside down (the flips of segmentation's ``predict.tta``), maps each pass's
+:class:`FlipTTA` runs the detector on the image as it is and flipped: left-right and
+upside down, or only those of the two that training augmented with (model.json's
+``tta_flips``, as segmentation's ``predict.tta``), maps each pass's
 boxes back to the image's frame, and fuses them per class with :func:`fuse_boxes`: boxes
 of one class overlapping by more than ``iou`` are one object, whose box is the
 score-weighted mean of theirs and whose score is their mean score times the share of
@@ -16,6 +17,7 @@ out), so evaluation, image prediction and sliced raster prediction all use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,8 @@ from torch import nn
 
 from liandan.tasks.detect.matching import box_iou
 
-FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))  # as is, left-right, upside down
+# as is, left-right, upside down; a model gets the flips it was trained with
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
 FUSION_IOU = 0.55  # boxes of one class overlapping more are one object (the WBF paper's)
 
 
@@ -85,10 +88,17 @@ def fuse_boxes(
 class FlipTTA(nn.Module):
     """A detector predicting over flips, its boxes fused (see the module docstring)."""
 
-    def __init__(self, detector: nn.Module, iou: float = FUSION_IOU) -> None:
+    def __init__(
+        self,
+        detector: nn.Module,
+        iou: float = FUSION_IOU,
+        flips: Sequence[Sequence[int]] = FLIPS[1:],
+    ) -> None:
         super().__init__()
         self.detector: Any = detector  # a Detector (or any module called the same way)
         self.iou = iou
+        # the image as it is, then each flip (those training used: Predictor.tta_flips)
+        self.views: tuple[tuple[int, ...], ...] = ((), *(tuple(d) for d in flips))
 
     @property
     def postprocess(self) -> tuple[float, float]:
@@ -101,7 +111,7 @@ class FlipTTA(nn.Module):
     def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         height, width = int(images.shape[-2]), int(images.shape[-1])
         views: list[list[dict[str, Any]]] = []
-        for dims in FLIPS:
+        for dims in self.views:
             out = self.detector(torch.flip(images, dims) if dims else images)
             views.append([{**d, "boxes": unflip(d["boxes"], dims, height, width)} for d in out])
         head = getattr(self.detector, "_postprocessor", None)
@@ -112,7 +122,7 @@ class FlipTTA(nn.Module):
                 torch.cat([d["boxes"] for d in per_view]).float().cpu().numpy(),
                 torch.cat([d["scores"] for d in per_view]).float().cpu().numpy(),
                 torch.cat([d["labels"] for d in per_view]).cpu().numpy(),
-                len(FLIPS),
+                len(self.views),
                 self.iou,
             )
             device = per_view[0]["boxes"].device
