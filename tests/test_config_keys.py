@@ -48,6 +48,7 @@ COMMON = {
     "seg": ["data.image_size=32", "model.encoder=mobilenet_v2", "predict.tile=64"],
     "cls": ["data.image_size=32", "model.arch=lenet", "predict.tile=64"],
     "det": ["data.image_size=64", "model.encoder=test_resnet"],
+    "points": ["task=detect", "data.image_size=64", "model.encoder=test_resnet"],
 }
 
 
@@ -139,6 +140,24 @@ def _det(root: Path) -> Path:
     return make_detect_demo(root, n_train=6, n_val=2, size=64, scene_size=64)
 
 
+def _points(root: Path) -> Path:
+    """A georeferenced raster with a GeoJSON of WGS84 points: detection needs
+    ``data.point_box`` to make boxes of them."""
+    from rasterio.warp import transform
+
+    rng = np.random.default_rng(0)
+    write_geotiff(root / "images" / "trees.tif", rng.integers(0, 255, (3, 128, 128), np.uint8))
+    features = []
+    for i, (col, row) in enumerate([(20, 30), (90, 40), (40, 100), (100, 100)]):
+        (lon,), (lat,) = transform("EPSG:32633", "EPSG:4326", [500000 + col * 10], [4000000 - row * 10])  # fmt: skip
+        point = {"type": "Point", "coordinates": [lon, lat]}
+        features.append({"type": "Feature", "geometry": point, "properties": {"class": i % 2}})
+    (root / "labels").mkdir(parents=True)
+    layer = {"type": "FeatureCollection", "features": features}
+    (root / "labels" / "trees.geojson").write_text(json.dumps(layer))
+    return root
+
+
 DATASETS: dict[str, Callable[[Path], Path]] = {
     "seg": _seg,
     "cls": _cls,
@@ -150,6 +169,7 @@ DATASETS: dict[str, Callable[[Path], Path]] = {
     "polygons": _polygons,
     "coarse": _coarse,
     "det": _det,
+    "points": _points,
 }
 
 
@@ -236,6 +256,11 @@ def obs_cache(b: Built) -> Any:
 def obs_classes(b: Built) -> Any:
     c = b.bundle.classes
     return (c.names, c.values, c.ignore_index, b.bundle.in_channels)
+
+
+def obs_boxes(b: Built) -> Any:
+    """The boxes of a detection dataset's records (windows of GIS layers included)."""
+    return [np.round(r.boxes, 2).tolist() for r in b.bundle.checked.index.source.images]
 
 
 def obs_normalizer(b: Built) -> Any:
@@ -473,6 +498,10 @@ EFFECTS: dict[str, Effect] = {
     ),
     "data.split": E("files", obs_raster_tiles, data="scene", base=RASTER),
     "data.label_attribute": E("kind", obs_classes, data="polygons", base=RASTER),
+    # GIS points for detection: refused without a box size, boxes of that size with one
+    "data.point_box": E(
+        "12", obs_boxes, data="points", base=("data.tile_size=64",), default_refused=True
+    ),
     "data.unlabelled": E("ignore", obs_classes, data="polygons", base=RASTER),
     "data.align": E("warp", obs_raster_tiles, data="coarse", base=RASTER, default_refused=True),
     "data.bands": E("[1]", obs_classes),

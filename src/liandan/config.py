@@ -42,8 +42,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# the folder layouts (liandan.data.finders); yolo, coco and voc-boxes hold boxes (detection)
-Layout = Literal["auto", "imagefolder", "csv", "pairs", "voc", "yolo", "coco", "voc-boxes"]
+# the folder layouts (liandan.data.finders); yolo, coco, voc-boxes and vector-boxes (rasters
+# with GIS point/polygon layers) hold boxes (detection)
+Layout = Literal[
+    "auto", "imagefolder", "csv", "pairs", "voc", "yolo", "coco", "voc-boxes", "vector-boxes"
+]
 
 
 class DataConfig(Section):
@@ -58,6 +61,7 @@ class DataConfig(Section):
     max_nodata_fraction: float = Field(0.5, ge=0.0, le=1.0)  # rasters: skip tiles with more
     split: Literal["auto", "files", "spatial"] = "auto"  # rasters: auto = spatial without val/
     label_attribute: str = "class"  # polygon labels: attribute holding class name or value
+    point_box: int | None = Field(None, ge=1)  # detection from GIS points: box side in pixels
     unlabelled: Literal["background", "ignore"] = "background"  # polygon labels: other pixels
     align: Literal["error", "warp"] = "error"  # label raster on another grid: fail, or warp
     bands: list[int] | None = None  # 1-based band indices, as in GDAL

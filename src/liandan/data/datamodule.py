@@ -190,7 +190,7 @@ def build_data(cfg: Config, *, normalizer: Normalizer | None = None) -> DataBund
         )
     # strict=False: unpaired files are listed with every other problem by the checks below
     index = find_samples(
-        cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index, strict=False
+        cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index, strict=False, data=cfg.data
     )
     if cfg.task is None:
         cfg.task = index.task  # type: ignore[assignment]

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from liandan.data.layouts import Sample
-from liandan.data.readers import read_image
+from liandan.data.readers import read_image, read_window
 from liandan.data.scan import CheckedDataset, _to_rgb
 from liandan.data.transforms import Normalizer, brightness_contrast
 from liandan.tasks import get_task
@@ -20,10 +20,19 @@ STRIDE = 32  # output stride of 5-stage encoders: inputs are padded to a multipl
 
 
 def load_image(checked: CheckedDataset, sample: Sample, bands: list[int] | None) -> np.ndarray:
-    """A sample's raw image: from the cache, or read (and made RGB where the data is)."""
+    """A sample's raw image: from the cache, or read (and made RGB where the data is);
+    a window's pixels when the sample is a window of its image (clipped to the image)."""
     image = checked.images.get(sample.image)
+    window = sample.window
+    if image is not None and window is not None:
+        col, row, width, height = window
+        return image[row : row + height, col : col + width]
     if image is None:
-        image = read_image(sample.image, bands)
+        image = (
+            read_image(sample.image, bands)
+            if window is None
+            else read_window(sample.image, window, bands)
+        )
         if checked.to_rgb:
             image = _to_rgb(image)
     return image

@@ -1,7 +1,9 @@
 """The finders of each folder layout: a dataset folder -> a :class:`DatasetIndex`.
 
 One function per layout (``imagefolder``, ``csv``, ``pairs``, ``voc``; ``yolo``,
-``coco`` and ``voc-boxes`` (Pascal VOC XML) for detection, read by :mod:`liandan.tasks.detect.formats`), registered in
+``coco`` and ``voc-boxes`` (Pascal VOC XML) for detection, read by :mod:`liandan.tasks.detect.formats`,
+and ``vector-boxes``: rasters with GIS point/polygon layers, read in windows by
+:mod:`liandan.tasks.detect.vector`), registered in
 :data:`LAYOUTS` with its task; :func:`liandan.data.layouts.find_samples` picks one (the
 folder names are read by :mod:`liandan.data.folders`). Problems a user can fix (missing
 folder, image without mask, empty class) are :class:`DataError` s that list every
@@ -229,7 +231,7 @@ VOC_CLASSES = (
 def _detection_index(root: Path, layout: str, dataset: Any) -> DatasetIndex:
     """The index of a read detection dataset: one sample per image, its target the
     position of its boxes in ``index.source.images`` (checked when the data is loaded)."""
-    samples = [Sample(rec.path, i, rec.split) for i, rec in enumerate(dataset.images)]
+    samples = [Sample(rec.path, i, rec.split, rec.window) for i, rec in enumerate(dataset.images)]
     index = DatasetIndex(root, "detect", layout, ClassSpec(list(dataset.class_names)), samples)
     index.source = dataset
     return index
@@ -239,6 +241,16 @@ def _find_yolo(root: Path, ignore_index: int | None) -> DatasetIndex:
     from liandan.tasks.detect.yolo import read_yolo
 
     return _detection_index(root, "yolo", read_yolo(root))
+
+
+def _find_vector_boxes(root: Path, ignore_index: int | None, data: Any = None) -> DatasetIndex:
+    """Rasters with GIS layers, in windows; ``data`` is the config's ``data`` section."""
+    from liandan.tasks.detect.vector import read_vector_boxes
+
+    dataset = read_vector_boxes(root, data)
+    index = _detection_index(root, "vector-boxes", dataset)
+    index.notes += dataset.notes
+    return index
 
 
 def _find_voc_boxes(root: Path, ignore_index: int | None) -> DatasetIndex:
@@ -318,6 +330,7 @@ LAYOUTS: dict[str, tuple[Finder, str]] = {
     "yolo": (_find_yolo, "detect"),
     "coco": (_find_coco, "detect"),
     "voc-boxes": (_find_voc_boxes, "detect"),
+    "vector-boxes": (_find_vector_boxes, "detect"),
     "csv": (_find_csv, "classify"),
     "pairs": (find_pairs, "segment"),
     "imagefolder": (_find_imagefolder, "classify"),

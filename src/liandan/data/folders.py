@@ -314,13 +314,26 @@ def _no_masks(site: PairSite, coco: list[Path]) -> bool:
     return all(p in coco for p in layers)
 
 
+def _has_layers(site: PairSite, coco: list[Path]) -> bool:
+    """Whether a pair site's label folder holds GIS layers (not COCO JSON) for images."""
+    if site.vectors is None or not site.images.is_dir() or not image_stems(site.images):
+        return False
+    return any(
+        p.suffix.lower() in VECTOR_EXTS and p not in coco
+        for p in site.vectors.iterdir()
+        if p.is_file()
+    )
+
+
 def detect(root: Path, task: str | None = None) -> str:
     """The layout of a dataset folder; ambiguity is an error that lists the readings.
 
     Unambiguous precedence: a Pascal VOC folder, ``labels.csv`` and recognised image and
     mask folders each win over class folders (their own sub-folders look like classes).
     Two of them at once, or sub-folders with unknown names whose files pair up by name,
-    are ambiguous; a ``task`` settles it when only one reading fits it.
+    are ambiguous; a ``task`` settles it when only one reading fits it. Rasters with GIS
+    layers (``images/`` + ``labels/*.gpkg``) are polygon labels for segmentation, and
+    with ``task`` detect boxes (``vector-boxes``).
     """
     readings: list[tuple[str, str, str]] = []  # (layout value, task, description)
     if _has_voc(root):
@@ -341,6 +354,11 @@ def detect(root: Path, task: str | None = None) -> str:
         readings.append(("coco", "detect", f"detection: COCO JSON {where}"))
     # labels/ of YOLO text files or annotations/ of COCO JSON hold no masks
     sites = [s for s in pair_sites(root) if not ((yolo or coco) and _no_masks(s, coco))]
+    layers = [s for s in sites if _has_layers(s, coco)]
+    if layers and task == "detect":  # else polygon labels for segmentation, as always
+        where = ", ".join(f"{s.images.relative_to(root)} + {s.vectors.relative_to(root)}"
+                          for s in layers[:2] if s.vectors is not None)  # fmt: skip
+        readings.append(("vector-boxes", "detect", f"detection: GIS layers in {where}"))
     if sites:
         site = sites[0]
         where = f"{site.images.relative_to(root)} + {site.masks.relative_to(root)}"

@@ -15,7 +15,7 @@ raster, or one that does not overlap its raster, is an error naming both files.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,15 @@ class PolygonLayer:
     polygons: Polygons
     crs: Any = None  # rasterio.crs.CRS
     implied: bool = False  # the CRS is GeoJSON's default (RFC 7946), not declared
+    refs: list[str] = field(default_factory=list)  # "feature N" of each polygon, for messages
 
 
-def read_layer(path: Path, attribute: str) -> PolygonLayer:
-    """The polygons and CRS of a GeoJSON, GeoPackage or shapefile."""
+def read_layer(path: Path, attribute: str, problems: list[str] | None = None) -> PolygonLayer:
+    """The polygons and CRS of a GeoJSON, GeoPackage or shapefile.
+
+    A feature without ``attribute`` is an error; with a ``problems`` list, it is
+    described there instead (``feature N: ...``, N counting from 1 in the file's order),
+    as is a feature without geometry, and reading goes on."""
     from rasterio.crs import CRS
 
     crs_text: str | None = None
@@ -55,7 +60,10 @@ def read_layer(path: Path, attribute: str) -> PolygonLayer:
             with fiona.open(path) as src:
                 crs_text = src.crs_wkt or None
                 features = [
-                    {"geometry": dict(f["geometry"]), "properties": dict(f["properties"])}
+                    {
+                        "geometry": dict(f["geometry"]) if f["geometry"] else None,
+                        "properties": dict(f["properties"]),
+                    }
                     for f in src
                 ]
     except ImportError:
@@ -66,10 +74,13 @@ def read_layer(path: Path, attribute: str) -> PolygonLayer:
         ) from None
     except Exception as exc:
         raise DataError(f"cannot read polygons ({exc})", where=path) from None
-    out = []
-    for f in features:
+    out, refs = [], []
+    for n, f in enumerate(features, start=1):
         props = f.get("properties") or {}
         if attribute not in props:
+            if problems is not None:
+                problems.append(f"feature {n}: no attribute {attribute!r} (it has {sorted(props)})")
+                continue
             raise DataError(
                 f"a feature has no attribute {attribute!r} (it has {sorted(props)})",
                 where=path,
@@ -77,7 +88,10 @@ def read_layer(path: Path, attribute: str) -> PolygonLayer:
             )
         if f.get("geometry"):
             out.append((f["geometry"], props[attribute]))
-    layer = PolygonLayer(path, out)
+            refs.append(f"feature {n}")
+        elif problems is not None:
+            problems.append(f"feature {n}: no geometry")
+    layer = PolygonLayer(path, out, refs=refs)
     if crs_text:
         try:
             layer.crs = CRS.from_user_input(crs_text)

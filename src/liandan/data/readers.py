@@ -192,6 +192,50 @@ def read_image(path: str | Path, bands: list[int] | None = None) -> np.ndarray:
     return arr
 
 
+Window = tuple[int, int, int, int]  # col_off, row_off, width, height in pixels
+
+
+def read_window(path: str | Path, window: Window, bands: list[int] | None = None) -> np.ndarray:
+    """Read one window of an image as ``(h, w, C)`` in its own dtype.
+
+    Rasters are read with a rasterio windowed read (only that part of the file is
+    decoded); other images are read whole and cut. The window is clipped to the image:
+    a window reaching beyond the right or bottom edge gives the part inside.
+
+    Args:
+        path: image file.
+        window: ``(col_off, row_off, width, height)`` in the image's pixels.
+        bands: 1-based band indices to keep (GDAL convention); None keeps all.
+    """
+    path = Path(path)
+    col, row, width, height = (int(v) for v in window)
+    if path.suffix.lower() not in RASTER_EXTS:
+        return np.ascontiguousarray(read_image(path, bands)[row : row + height, col : col + width])
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window as RioWindow
+
+    if not path.is_file():
+        raise DataError("file not found", where=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                indexes = band_indexes(bands, src.count, path, alpha=alpha_bands(src))
+                w = max(0, min(width, src.width - col))
+                h = max(0, min(height, src.height - row))
+                arr = src.read(indexes, window=RioWindow(col, row, w, h))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"cannot read window {window} of the raster ({type(exc).__name__}: {exc})",
+            where=path,
+            hint="check the file with gdalinfo, or set data.on_error=skip",
+        ) from None
+    return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+
+
 def read_mask(path: str | Path, palette_colors: bool = False) -> np.ndarray:
     """Read a mask: ``(H, W)`` integer values, or ``(H, W, 3)`` for colour masks.
 

@@ -56,7 +56,9 @@ def rebuild_splits(
         bundle = raster_bundle(cfg, classes)
         if bundle is not None:
             return bundle.checked, bundle.splits
-    index = find_samples(cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index)
+    index = find_samples(
+        cfg.data.root, cfg.data.layout, cfg.task, cfg.data.ignore_index, data=cfg.data
+    )
     get_task(index.task).adopt_classes(index, classes)  # the model's, or a check
     checked = check_dataset(
         index, bands=cfg.data.bands, on_error=cfg.data.on_error, lossy_masks=cfg.data.lossy_masks

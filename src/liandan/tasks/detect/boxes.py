@@ -12,7 +12,11 @@ representation, so the rest of liandan never sees a format's conventions:
 - an image with no box (no label file, or an empty one) is *background*: a valid
   training image, never a problem;
 - ``refs`` says where each box was written (``"line 3"``, ``"annotation id 17"``,
-  ``"object 2"``), so a problem names the exact line of the exact file.
+  ``"object 2"``), so a problem names the exact line of the exact file;
+- a record may be a *window* of a large raster (``window``: ``col_off, row_off, width,
+  height`` in the raster's pixels; :mod:`liandan.tasks.detect.vector`): then ``width``
+  and ``height`` are the window's, its boxes are in the window's pixel frame, and
+  whatever reads the record's pixels reads that window only.
 
 :func:`validate` returns every :class:`~liandan.data.problems.Problem` at once: what
 the reader met (unreadable or unparseable files and lines, label files without an
@@ -74,6 +78,9 @@ class ImageBoxes:
         label_file: the file the boxes were read from; None when the image has none.
         refs: where each box was written in ``label_file``, for messages.
         split: ``train``, ``val`` or ``test`` when the layout says so, else None.
+        window: ``(col_off, row_off, width, height)`` of ``path`` in its pixels when the
+            record is a window of a raster (it may reach beyond the raster's right or
+            bottom edge: that part reads as zeros); None: the whole image.
     """
 
     path: Path
@@ -87,6 +94,7 @@ class ImageBoxes:
     label_file: Path | None = None
     refs: list[str] = field(default_factory=list)
     split: str | None = None
+    window: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -122,12 +130,14 @@ class DetectionDataset:
 
     Args:
         root: the dataset folder (or the COCO JSON file).
-        format: ``yolo``, ``coco`` or ``voc``.
+        format: ``yolo``, ``coco``, ``voc`` or ``vector`` (GIS layers).
         class_names: in class-index order.
         images: one record per usable image, background images included.
         problems: what could not be read; :func:`validate` adds the box checks.
         side_files: files read besides the images' own label files (YOLO's
             ``data.yaml`` or ``classes.txt``, a COCO JSON).
+        notes: what the reader did that the user should be told (reprojections,
+            background windows left out), for the run's notes.
     """
 
     root: Path
@@ -136,6 +146,7 @@ class DetectionDataset:
     images: list[ImageBoxes]
     problems: list[Problem] = field(default_factory=list)
     side_files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def files_read(self) -> set[Path]:
         """Every label and metadata file the reader read: ``liandan scan`` does not list

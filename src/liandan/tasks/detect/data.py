@@ -19,7 +19,9 @@ Boxes follow every geometric step (albumentations' ``bbox_params``, ``pascal_voc
 format, which is liandan's frame: absolute pixel ``x1 y1 x2 y2`` on ``[0, W] x [0, H]``);
 they are clipped to the image, and the remnant of a box cut by a crop is dropped when
 less than ``min_visibility`` of it is left or when it is thinner than ``min_side`` px.
-Images without boxes are background samples: their targets are empty.
+Images without boxes are background samples: their targets are empty. A record that
+is a window of a raster (``rec.window``, :mod:`liandan.tasks.detect.vector`) is read as
+that window only (:func:`window_pixels`), then goes through the same steps.
 
 Normalization comes last, on the raw values: a :class:`~liandan.data.transforms.
 Normalizer` (its ``to_chw``), any ``(H, W, C) -> (H, W, C)`` callable, or a per-band
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from liandan.data.readers import read_image
+from liandan.data.readers import read_image, read_window
 from liandan.data.transforms import AugmentPipeline, dtype_max, hue_saturation, random_gamma
 from liandan.tasks.detect.boxes import ImageBoxes
 
@@ -55,7 +57,27 @@ __all__ = [
     "letterbox",
     "letterbox_scale",
     "to_original",
+    "window_pixels",
 ]
+
+
+def window_pixels(
+    rec: ImageBoxes, image: np.ndarray | None = None, bands: list[int] | None = None
+) -> np.ndarray:
+    """The ``(rec.height, rec.width, C)`` pixels of a windowed record: cut from
+    ``image`` (the whole raster, decoded) or read from its file (rasterio's windowed
+    read); the part of the window beyond the raster's edge is 0."""
+    assert rec.window is not None, "a record with a window"
+    col, row, width, height = rec.window
+    if image is not None:
+        part = image[row : row + height, col : col + width]
+    else:
+        part = read_window(rec.path, rec.window, bands)
+    if part.shape[:2] == (height, width):
+        return part
+    out = np.zeros((height, width, part.shape[2]), part.dtype)
+    out[: part.shape[0], : part.shape[1]] = part
+    return out
 
 
 def letterbox_scale(width: int, height: int, size: int) -> tuple[float, float]:
@@ -258,7 +280,9 @@ class DetectionData(Dataset):
         classes, and the letterbox's ``(sx, sy)``."""
         rec = self.records[index]
         image = self.images.get(rec.path)
-        if image is None:
+        if rec.window is not None:
+            image = window_pixels(rec, image, self.bands)
+        elif image is None:
             image = read_image(rec.path, self.bands)
         image, (sx, sy) = letterbox(image, self.image_size)
         boxes = rec.boxes * np.array([sx, sy, sx, sy])
