@@ -336,6 +336,7 @@ def detect(root: Path, task: str | None = None) -> str:
     with ``task`` detect boxes (``vector-boxes``).
     """
     readings: list[tuple[str, str, str]] = []  # (layout value, task, description)
+    asked: list[tuple[str, str, str]] = []  # readings offered only to the task they name
     if _has_voc(root):
         readings.append(("voc", "segment", "Pascal VOC: JPEGImages/ + SegmentationClass/"))
     if _has_voc_boxes(root):
@@ -355,10 +356,10 @@ def detect(root: Path, task: str | None = None) -> str:
     # labels/ of YOLO text files or annotations/ of COCO JSON hold no masks
     sites = [s for s in pair_sites(root) if not ((yolo or coco) and _no_masks(s, coco))]
     layers = [s for s in sites if _has_layers(s, coco)]
-    if layers and task == "detect":  # else polygon labels for segmentation, as always
+    if layers:  # boxes only when the task asks: polygon labels segment, as always
         where = ", ".join(f"{s.images.relative_to(root)} + {s.vectors.relative_to(root)}"
                           for s in layers[:2] if s.vectors is not None)  # fmt: skip
-        readings.append(("vector-boxes", "detect", f"detection: GIS layers in {where}"))
+        asked.append(("vector-boxes", "detect", f"detection: GIS layers in {where}"))
     if sites:
         site = sites[0]
         where = f"{site.images.relative_to(root)} + {site.masks.relative_to(root)}"
@@ -374,6 +375,7 @@ def detect(root: Path, task: str | None = None) -> str:
             )
             classes = ", ".join(d.name for d in subdirs(a.parent))
             readings.append(("imagefolder", "classify", f"classification: classes {classes}"))
+    readings += [r for r in asked if r[1] == task]
     if not readings and _has_class_dirs(root):
         return "imagefolder"
     unique = list(dict.fromkeys(readings))
