@@ -522,6 +522,7 @@ EFFECTS: dict[str, Effect] = {
     "model.frozen_stages": E("2", obs_model, base=("model.transfer=partial",), against="1"),
     "model.dropout": E("0.3", obs_model, base=("model.arch=segnet",)),
     "model.freeze_bn": E("true", obs_norms_in_training),
+    "model.fpn_channels": E("128", obs_model, data="det"),
     "loss.name": E("focal", obs_loss),
     "loss.weights": E("[1.0,3.0]", obs_loss),
     "loss.class_weights": E("auto", obs_loss),

@@ -317,6 +317,9 @@ def test_a_yolo_folder_is_planned_and_the_plan_names_its_layout(
     assert plan["task"] == "detect" and plan["data"]["layout"] == "yolo"
     cfg = Config.load(out, [])
     assert cfg.data.layout == "yolo"
+    # on a CPU (as here) the narrower pyramid: more steps in the same time
+    assert cfg.model.fpn_channels == 128
+    assert "model.fpn_channels" in (tmp_path / "plan.md").read_text()
 
 
 def test_several_devices_are_refused_before_anything_is_written(

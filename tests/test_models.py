@@ -353,3 +353,16 @@ def test_dropout_reaches_the_model() -> None:
     assert 0.35 in rates
     lenet = _build("classify", arch="lenet", dropout=0.25)
     assert {m.p for m in lenet.modules() if isinstance(m, nn.Dropout)} == {0.25}
+
+
+def test_fpn_channels_sizes_a_detectors_pyramid_and_is_refused_elsewhere() -> None:
+    """``model.fpn_channels`` is the width of a detector's pyramid and heads; an
+    architecture without a pyramid refuses it rather than ignoring it."""
+    narrow = _build("detect", arch="fcos", encoder="resnet18", fpn_channels=128)
+    assert narrow.model.backbone.out_channels == 128
+    assert _build("detect", arch="fcos", encoder="resnet18").model.backbone.out_channels == 256
+    with pytest.raises(ConfigError) as info:
+        _build("segment", arch="unet", encoder=TINY_ENCODER, fpn_channels=128)
+    assert info.value.where == "model.fpn_channels"
+    with pytest.raises(ValueError):  # the head's GroupNorm needs multiples of 32
+        ModelConfig(fpn_channels=100)

@@ -85,6 +85,7 @@ class ModelConfig(Section):
     frozen_stages: int = Field(0, ge=0)  # for transfer: partial
     dropout: float | None = Field(None, ge=0.0, lt=1.0)  # None: the architecture's default
     freeze_bn: bool = False  # keep BatchNorm running statistics fixed (small-batch fine-tuning)
+    fpn_channels: int | None = Field(None, ge=64, multiple_of=32)  # detector pyramid (None: 256)
 
 
 class LossConfig(Section):

@@ -263,6 +263,7 @@ def build_timm(req: BuildRequest) -> nn.Module:
 def build_detector(req: BuildRequest) -> nn.Module:
     """FCOS, RetinaNet or Faster R-CNN from torchvision over a timm encoder (weights
     files are loaded by :func:`~liandan.models.build_model`, as for every architecture)."""
+    from liandan.tasks.detect.models import FPN_CHANNELS
     from liandan.tasks.detect.models import build_detector as build
 
     return build(
@@ -272,4 +273,5 @@ def build_detector(req: BuildRequest) -> nn.Module:
         req.in_channels,
         req.image_size or 0,
         "imagenet" if req.pretrained else None,
+        fpn_channels=req.cfg.fpn_channels or FPN_CHANNELS,
     )

@@ -58,6 +58,7 @@ class ArchSpec:
         dropout: whether ``model.dropout`` > 0 can be applied.
         pretrained: whether ``model.weights=imagenet`` is available.
         uses_encoder: whether ``model.encoder`` is used.
+        pyramid: whether ``model.fpn_channels`` (a detector's pyramid width) applies.
     """
 
     name: str
@@ -68,6 +69,7 @@ class ArchSpec:
     dropout: bool = True
     pretrained: bool = True
     uses_encoder: bool = False
+    pyramid: bool = False
 
 
 _ARCHS: dict[str, dict[str, ArchSpec]] = {}
@@ -122,7 +124,7 @@ for _name in ("fcos", "retinanet", "fasterrcnn"):
     register(
         "detect",
         ArchSpec(_name, "torchvision", factories.build_detector, 64, dropout=False,
-                 uses_encoder=True),
+                 uses_encoder=True, pyramid=True),
         aliases={"fasterrcnn": ("faster_rcnn", "faster-rcnn")}.get(_name, ()),
     )  # fmt: skip
 
@@ -261,6 +263,13 @@ def _check_options(spec: ArchSpec, cfg: ModelConfig, task: str) -> None:
             where="model.dropout",
             hint=f"leave model.dropout unset, or use an architecture with one: "
             f"{', '.join(with_dropout)}",
+        )
+    if cfg.fpn_channels is not None and not spec.pyramid:
+        raise ConfigError(
+            f"{spec.name} has no feature pyramid to size",
+            where="model.fpn_channels",
+            hint="leave model.fpn_channels unset: it is the width of a detector's pyramid "
+            "and heads (fcos, retinanet, fasterrcnn)",
         )
     if cfg.weights == "imagenet" and not spec.pretrained:
         raise ConfigError(

@@ -119,8 +119,9 @@ class Detect(Task):
     demo_settings = (
         "model.arch=fcos",
         "model.encoder=resnet18",
+        "model.fpn_channels=128",  # 1.5-1.9x the steps of 256 on a CPU, same mAP a step
         "data.image_size=128",
-        "train.epochs=12",
+        "train.epochs=24",  # 600 steps: the class is learned between 300 and 600
         "train.batch_size=16",
         "optim.lr=2e-3",
         "optim.weight_decay=0.05",
@@ -371,6 +372,11 @@ class Detect(Task):
         encoder = "resnet34" if facts.gpu and facts.n_train >= 1000 else "resnet18"
         facts.put("model.encoder", encoder, f"{facts.n_train} training images on "
                   f"{facts.device}")  # fmt: skip
+        if not facts.gpu:
+            facts.put("model.fpn_channels", 128, "on a CPU the pyramid and heads at 128 "
+                      "channels instead of torchvision's 256 take 1.5-1.9x less time a step; "
+                      "at equal steps the demo scored the same (mAP@.5 0.501 against 0.500 "
+                      "at 300 steps), and the steps gained are what a CPU lacks")  # fmt: skip
         return FLOATS_PER_PIXEL[encoder]
 
     def plan_loss(self, facts: PlanFacts) -> None:
