@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - older typer uses the click package
     from click.exceptions import BadParameter, UsageError  # type: ignore
 
 from liandan.cli_output import exit_code, plain_when_piped, q, show_metrics
+
+if TYPE_CHECKING:
+    from liandan.config import Config
 
 app = typer.Typer(
     add_completion=False,
@@ -51,6 +54,9 @@ _FILE_LIKE = re.compile(r"[/\\]|\.[A-Za-z]\w{0,4}$")  # a folder or a file exten
 EVERY_KEY = None  # the sections train, lr-find, tune and demo read: all of them
 PREDICT_KEYS = ["predict"]
 SCORE_KEYS = ["data.ignore_index", "data.nodata"]
+# how scan and plan read DATA, as training does: the task settles a folder with two
+# readings (rasters with GIS layers: polygon labels to segment, boxes to detect)
+FOLDER_KEYS = ["task", "data.layout", "data.label_attribute", "data.point_box", "data.tile_size"]
 
 
 def _is_override(word: str) -> bool:
@@ -432,17 +438,48 @@ def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     console.print(f"report: {q(write_report(run))}")
 
 
+FolderArgs = Annotated[
+    list[str],
+    typer.Argument(
+        help="dataset folder, then how to read it: task=detect, data.layout=... (and "
+        "data.label_attribute, data.point_box, data.tile_size for GIS layers)",
+        metavar="DATA [KEY=VALUE]...",
+    ),
+]
+
+
+def _folder(args: list[str], command: str) -> tuple[Path, Config]:
+    """DATA and the settings that say how to read it (:data:`FOLDER_KEYS`)."""
+    from liandan.config import Config, apply_override
+
+    data, overrides = _data_and_overrides(args, command, FOLDER_KEYS)
+    if data is None:
+        raise UsageError("give the DATA folder")
+    written: dict[str, Any] = {}
+    for item in overrides:
+        apply_override(written, item)
+    return Path(data), Config.from_dict(written, "the command line")
+
+
 @app.command()
 def scan(
-    data: Annotated[Path, typer.Argument(help="dataset folder")],
+    args: FolderArgs,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="decode every file again")] = False,
 ) -> None:
-    """Check every file of DATA and print its fingerprint; exit 1 on a blocking problem."""
+    """Check every file of DATA and print its fingerprint; exit 1 on a blocking problem.
+
+    task=detect reads DATA as training with task=detect does (rasters with GIS layers:
+    boxes, not polygon labels).
+    """
     from liandan.cli_output import print_scan_report
     from liandan.scan_report import scan as run_scan
 
-    report = run_scan(data, use_cache=not no_cache, progress=not as_json)
+    data, cfg = _folder(args, "scan")
+    report = run_scan(
+        data, use_cache=not no_cache, progress=not as_json, task=cfg.task,
+        layout=cfg.data.layout, data=cfg.data,
+    )  # fmt: skip
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -459,21 +496,28 @@ def scan(
 
 @app.command("plan")
 def plan_cmd(
-    data: Annotated[Path, typer.Argument(help="dataset folder")],
+    args: FolderArgs,
     output: Annotated[Path, typer.Option("-o", "--output", help="plan YAML")] = Path("plan.yaml"),
     budget: Annotated[str | None, typer.Option(help="wall-clock budget, e.g. 10m")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
 ) -> None:
-    """Plan a complete config for DATA from its fingerprint (trains nothing)."""
+    """Plan a complete config for DATA from its fingerprint (trains nothing).
+
+    task=detect (and the other KEY=VALUE) read DATA as training does and are kept in
+    the plan, as `liandan train DATA task=detect` plans.
+    """
     from liandan.config import parse_duration
-    from liandan.planning import plan as run_plan
+    from liandan.planning import planned_config
     from liandan.runs import output_files
 
     if device not in ("cpu", "cuda", "auto"):
         raise BadParameter("must be cpu, cuda or auto", param_hint="--device")
     if budget is not None:
         parse_duration(budget)
-    result = run_plan(data, budget=budget, device=device)
+    data, overrides = _data_and_overrides(args, "plan", FOLDER_KEYS)
+    if data is None:
+        raise UsageError("give the DATA folder")
+    _, result = planned_config(data, None, overrides, budget=budget, device=device)
     with output_files(output.parent, [output, output.with_name("plan.md")], where="-o"):
         yaml_path, md_path = result.write(output)  # replaces no file liandan did not write
     console.print(result.markdown(), markup=False, highlight=False)

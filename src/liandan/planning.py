@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liandan.config import Config, apply_override
+from liandan.config import Config, DataConfig, apply_override
 from liandan.data.fingerprint import Fingerprint
 from liandan.engine.batch_size import MIN_BN_BATCH, MIN_STEPS, batch_cap, pow2_floor
 from liandan.engine.budget import FIXED_SHARE
@@ -295,6 +295,9 @@ def plan(
     budget: str | None = None,
     device: str = "auto",
     use_cache: bool = True,
+    task: str | None = None,
+    layout: str = "auto",
+    options: DataConfig | None = None,
 ) -> Plan:
     """Scan DATA and plan a config for it (trains nothing).
 
@@ -303,12 +306,19 @@ def plan(
         budget: wall-clock budget such as ``10m``; None plans by a step count.
         device: ``cpu``, ``cuda``, or ``auto`` (this machine's).
         use_cache: reuse ``liandan scan``'s record cache.
+        task: the task DATA is read for (``task=detect``: rasters with GIS layers are
+            boxes, not polygon labels); None: as its layout says.
+        layout: ``data.layout``, or ``auto``.
+        options: the config's ``data`` section, for layouts that read more of it
+            (``vector-boxes``: point boxes, windows); None: its defaults.
 
     >>> liandan.plan("data/", budget="10m").write("plan.yaml")  # doctest: +SKIP
+    >>> liandan.plan("rasters/", task="detect").config.model.arch  # doctest: +SKIP
+    'fcos'
     """
     from liandan.scan_report import scan
 
-    report = scan(data, use_cache=use_cache)
+    report = scan(data, use_cache=use_cache, task=task, layout=layout, data=options)
     result = plan_from_fingerprint(
         report.fingerprint, Path(data).resolve(), budget=budget, device=device
     )
@@ -334,11 +344,19 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def planned_config(
-    data: str | Path | None, config: Config | str | Path | None, overrides: list[str] | None
+    data: str | Path | None,
+    config: Config | str | Path | None,
+    overrides: list[str] | None,
+    *,
+    budget: str | None = None,
+    device: str = "auto",
 ) -> tuple[Config, Plan]:
     """``train --plan``: the plan's config, then the config file's keys, then overrides.
 
     Only what the user wrote overrides the plan (not the defaults of an unwritten key).
+    The task, layout and ``data`` keys written are also how DATA is scanned, as training
+    reads it (``task=detect`` on rasters with GIS layers plans detection). ``budget``
+    None: ``train.budget`` as written.
     """
     from liandan.config import read_yaml
 
@@ -354,7 +372,14 @@ def planned_config(
         from liandan.errors import ConfigError
 
         raise ConfigError("no dataset to plan for", where="data.root", hint="pass DATA")
-    result = plan(root, budget=first.train.budget)
+    result = plan(
+        root,
+        budget=budget if budget is not None else first.train.budget,
+        device=device,
+        task=first.task,
+        layout=first.data.layout,
+        options=first.data,
+    )
     merged = Config.from_dict(_merge(result.config.to_dict(), user), "plan with your settings")
     for key in [k for k in result.reasons if _written(user, k)]:
         result.reasons[key] = "set by you (the plan's choice was overridden)"

@@ -419,6 +419,8 @@ def scan(
     use_cache: bool = True,
     progress: bool = False,
     lossy_masks: str = "error",
+    task: str | None = None,
+    data: Any = None,
 ) -> ScanReport:
     """Scan a dataset folder: every problem (file + reason) and the fingerprint.
 
@@ -430,12 +432,19 @@ def scan(
         progress: show a progress bar while decoding.
         lossy_masks: ``error``: masks in a lossy format (JPEG) are a problem;
             ``nearest``: their values are snapped to the classes (``data.lossy_masks``).
+        task: the task the folder is read for (``task=detect``), as training reads it:
+            it settles a folder that reads as more than one layout (rasters with GIS
+            layers are polygon labels for segmentation, and boxes for detection); None
+            reads it as its layout says.
+        data: the config's ``data`` section, for layouts that read more of it
+            (``vector-boxes``: the label attribute, point boxes and windows); None: its
+            defaults.
 
     >>> liandan.scan("data/").ok  # doctest: +SKIP
     True
     """
     root = Path(root)
-    index = find_samples(root, layout, None, ignore_index, strict=False)
+    index = find_samples(root, layout, task, ignore_index, strict=False, data=data)
     # what strict indexing would refuse (unpaired files, empty class folders) blocks training
     problems = [Problem(kind, str(f), why, blocking=True) for kind, f, why in index.problems]
     yaml_data = read_classes_yaml(root) if get_task(index.task).reads_classes_yaml() else None

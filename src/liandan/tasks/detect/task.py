@@ -348,6 +348,15 @@ class Detect(Task):
     def plan_input(self, facts: PlanFacts) -> None:
         cap = 512 if facts.gpu else 256
         size = facts.sized(cap)
+        window = int(facts.fp.boxes.get("window", 0))  # rasters cut into windows
+        if size < window:  # smaller windows, not shrunk ones: boxes keep their pixels
+            facts.put("data.tile_size", size, f"rasters are cut into windows of "
+                      f"data.tile_size px: {size} px windows train at the rasters' own "
+                      f"resolution, where {window} px windows would be shrunk "
+                      f"{window / size:.1f}x to data.image_size, their boxes with them")  # fmt: skip
+            facts.n_train = round(facts.n_train * (window / size) ** 2)  # about, per window
+            facts.size = size
+            return
         # small objects: keep the smallest boxes (5th percentile) MIN_BOX_PX across
         small = facts.fp.boxes.get("relative_size", {}).get("p5", 0.0)
         if small and small * size < MIN_BOX_PX:
@@ -505,10 +514,22 @@ class Detect(Task):
         records: dict[Path, dict[str, Any]],
         lossy_masks: str,
     ) -> list[int] | None:
+        import numpy as np
+
         from liandan.tasks.detect.boxes import box_stats
 
         fp.classes = list(index.classes.names)
-        stats = box_stats(records_of(index, good), fp.classes)
+        images = records_of(index, good)
+        stats = box_stats(images, fp.classes)
+        windows = [r.window for r in images if r.window is not None]
+        if windows:  # rasters cut into windows: a sample is its window, not the raster
+            hw = np.array([[r.height, r.width] for r in images])
+            fp.image_size = {
+                "min": hw.min(0).tolist(),
+                "median": np.median(hw, 0).astype(int).tolist(),
+                "max": hw.max(0).tolist(),
+            }
+            stats["window"] = max(max(w[2], w[3]) for w in windows)  # data.tile_size
         fp.class_images = dict(stats["class_images"])
         fp.boxes = stats  # plan_input sizes the input so that small boxes survive
         return list(stats["class_boxes"].values())  # frequencies: boxes per class
