@@ -23,9 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from machine import cpu_model
+from machine import cpu_model, publish
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGET_S, TARGET_MAP50 = 300.0, 0.75
 
 
@@ -87,11 +86,7 @@ def report(rows: list[dict], peak_mb: float, load_start: tuple[float, ...], args
             f"| {scene['map50']:.3f} | {'yes' if met else 'no'} | {row['load']:.1f} |"
         )
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as fh:
-            fh.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import cpu_model
+from machine import cpu_model, publish
 from raster_predict import rss_mb, write_scene
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SIZES = [(2048, 2048), (4096, 4096), (4096, 16384)]  # width x height
 # --quick: each raster holds at least one full batch of 512 px tiles (9, 17 and 33
 # tiles), so peak memory compares like with like
@@ -198,11 +197,7 @@ def report(rows: list[Any], args: argparse.Namespace, load_start: tuple[float, .
             f"| {res['peak_mb']:.0f} | {above:.0f} | {ratio} |"
         )
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as fh:
-            fh.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

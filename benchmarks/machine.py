@@ -15,3 +15,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def publish(lines: list[str], write: bool = True) -> str:
+    """Print a benchmark entry and, with ``write``, append it to RESULTS.md."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        with RESULTS.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return text

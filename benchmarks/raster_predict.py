@@ -48,10 +48,9 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from machine import cpu_model
+from machine import cpu_model, publish
 from rasterio.transform import from_origin
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SIZES = [(4096, 4096), (4096, 16384), (16384, 4096)]  # width x height
 
 
@@ -347,11 +346,7 @@ def report(rows: list, agree: dict[str, float], args: argparse.Namespace, monai:
         f"pixels overall, {agree['seams']:.4%} within 16 px of tile seams.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as fh:
-            fh.write("\n" + text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
