@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_model
 
 STEP_EPOCHS = 5  # the step-matched comparison (--steps): validations along the way
+LOOP_BATCH = 8  # every dataset; liandan's plan picks its own batch: images/s are compared too
 
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("LIANDAN_REALDATA", ROOT.parent / "shared" / "realdata"))
@@ -206,7 +207,7 @@ def raw_loop(root: Path, budget_s: float, seed: int, arch: str, steps_cap: int =
         share = steps / steps_cap if steps_cap else elapsed / budget_s
         for group in opt.param_groups:  # cosine over the elapsed share of the budget
             group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * share))
-        xs, ys = zip(*(sample() for _ in range(8)), strict=True)
+        xs, ys = zip(*(sample() for _ in range(LOOP_BATCH)), strict=True)
         with amp:
             out = model(torch.stack(xs).to(device))
             loss = torch.nn.functional.cross_entropy(
@@ -282,6 +283,7 @@ def run_liandan(
         "steps": budget_info.get("steps_run", 0),
         "train_s": budget_info.get("train_s_used", 0.0),
         "arch": cfg["model"]["arch"],
+        "batch": int(cfg["train"]["batch_size"]),
         "folder_mb": folder / 2**20,
         "limit_mb": (2 * weights + resumable) / 2**20 + 5,
         "final_lr": _final_lr(run),
@@ -388,9 +390,9 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
         f"{' '.join(map(str, args.seeds))} --datasets {' '.join(args.datasets)}{flags}`.",
         "",
         "| dataset | liandan | plain loop | liandan / loop | liandan steps/s (all included) | "
-        "loop steps/s (training only) | ratio | liandan wall s (of budget) | final lr / peak | "
-        "run folder MB (limit) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "loop steps/s (training only) | ratio | images/s ratio (batch) | liandan wall s "
+        "(of budget) | final lr / peak | run folder MB (limit) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, ours, theirs in rows:
         ok = [o for o in ours if "score" in o]
@@ -400,6 +402,9 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
         loop_rate = [t["steps"] / t["train_s"] for t in theirs]
         ratio = statistics.mean(a) / statistics.mean(b) if a and b and statistics.mean(b) else 0
         speed = statistics.mean(ours_rate) / statistics.mean(loop_rate) if ok and theirs else 0
+        batches = sorted({o["batch"] for o in ok})
+        images = speed * statistics.mean(o["batch"] for o in ok) / LOOP_BATCH if speed else 0
+        batch = f"{'/'.join(map(str, batches))} vs {LOOP_BATCH}"
         walls = ", ".join(f"{o['wall_s']:.0f}" for o in ours)
         lrs = ", ".join(f"{o['final_lr'] / o['peak_lr']:.3f}" for o in ok)
         folders = ", ".join(f"{o['folder_mb']:.0f} ({o['limit_mb']:.0f})" for o in ok)
@@ -407,6 +412,7 @@ def report(rows: list, args: argparse.Namespace, load_start, load_end, budget_s:
         lines.append(
             f"| {name} | {_mean_sd(a)}{f' ({failed} failed)' if failed else ''} | {_mean_sd(b)} "
             f"| {ratio:.2f}x | {_mean_sd(ours_rate)} | {_mean_sd(loop_rate)} | {speed:.2f}x "
+            f"| {images:.2f}x ({batch}) "
             f"| {walls} | {lrs} | {folders} |"
         )
     return "\n".join(lines) + "\n"

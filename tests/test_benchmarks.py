@@ -114,3 +114,7 @@ def test_vs_raw_loop_step_matched_runs_both_sides_on_digits() -> None:
     if loop_score >= 0.01:  # the ratio of the rounded scores, within their rounding
         assert float(ratio[:-1]) == pytest.approx(ours_score / loop_score, rel=0.07)
     assert "step-matched, 20 optimizer steps" in done.stdout
+    # the loop's batch is 8, liandan's plan takes 64 for digits: images/s = steps/s x 64/8
+    speed, images = float(rows[0][6][:-1]), rows[0][7]
+    assert images.endswith("(64 vs 8)"), rows
+    assert float(images.split("x")[0]) == pytest.approx(speed * 64 / 8, rel=0.05, abs=0.05)

@@ -179,3 +179,18 @@ def test_extra_levels_run_in_float32_under_bf16_autocast(arch: str) -> None:
     sum(level.float().sum() for level in levels.values()).backward()
     p7 = backbone.fpn.extra_blocks.p7.weight.grad
     assert p7 is not None and torch.isfinite(p7).all()
+
+
+def test_fcos_box_distances_start_above_the_relu() -> None:
+    """FCOS's box distances pass a ReLU. From a zero bias about half the raw outputs
+    start below zero, and a few early steps can close all of them (no gradient flows
+    there; the box loss then stays at 1.0: a third of the from-scratch detection demos
+    did, by seed). They start positive, two strides a side."""
+    model = tiny("fcos")
+    raw: list[torch.Tensor] = []
+    reg = model.model.head.regression_head.bbox_reg
+    reg.register_forward_hook(lambda _m, _a, out: raw.append(out.detach()))
+    model.train()(torch.rand(2, 3, 64, 64), _targets())
+    values = torch.cat([r.flatten() for r in raw])
+    assert (values > 0).float().mean() > 0.99
+    assert float(values.median()) == pytest.approx(models.FCOS_BOX_BIAS, abs=0.5)

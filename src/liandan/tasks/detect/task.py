@@ -121,7 +121,9 @@ class Detect(Task):
         "model.encoder=resnet18",
         "model.fpn_channels=128",  # 1.5-1.9x the steps of 256 on a CPU, same mAP a step
         "data.image_size=128",
-        "train.epochs=24",  # 600 steps: the class is learned between 300 and 600
+        "train.epochs=24",  # 600 steps: the class is learned between 300 and 600 ...
+        "train.steps_per_epoch=25",
+        "train.budget=270s",  # ... or fewer on a slower machine: the demo ends in 5 minutes
         "train.batch_size=16",
         "optim.lr=2e-3",
         "optim.weight_decay=0.05",
