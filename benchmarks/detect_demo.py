@@ -50,7 +50,10 @@ def main() -> None:
             run = Path(tmp) / "runs" / "demo"
             val = json.loads((run / "metrics.json").read_text())["overall"]
             scene = json.loads((run / "predictions" / "scene_metrics.json").read_text())["overall"]
-            rows.append({"wall_s": wall, "val": val, "scene": scene, "load": os.getloadavg()[0]})
+            history = (run / "history.csv").read_text().splitlines()  # the last epoch's step
+            steps = int(history[-1].split(",")[history[0].split(",").index("step")])
+            rows.append({"wall_s": wall, "val": val, "scene": scene, "steps": steps,
+                         "load": os.getloadavg()[0]})  # fmt: skip
     # ru_maxrss of the children: the largest of them, in KiB on Linux
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report(rows, peak_mb, load_start, args)
@@ -69,19 +72,19 @@ def report(rows: list[dict], peak_mb: float, load_start: tuple[float, ...], args
         f"mAP@.5 >= {TARGET_MAP50} within {TARGET_S:.0f} s. Command: "
         f"`python benchmarks/detect_demo.py{' --runs ' + str(args.runs) if args.runs > 1 else ''}`.",
         "",
-        "| run | wall s | val mAP@.5 | val mAP@[.5:.95] | val mAP@.75 | recall / precision "
-        "at 0.25 | scene mAP@.5 | target met | load at the end |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | wall s | steps | val mAP@.5 | val mAP@[.5:.95] | val mAP@.75 | recall / "
+        "precision at 0.25 | scene mAP@.5 | target met | load at the end |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, row in enumerate(rows, 1):
         if "error" in row:
-            lines.append(f"| {k} | {row['wall_s']:.0f} | failed: exit {row['error']} "
+            lines.append(f"| {k} | {row['wall_s']:.0f} | | failed: exit {row['error']} "
                          "| | | | | no | |")  # fmt: skip
             continue
         val, scene = row["val"], row["scene"]
         met = row["wall_s"] <= TARGET_S and val["map50"] >= TARGET_MAP50
         lines.append(
-            f"| {k} | {row['wall_s']:.0f} | {val['map50']:.3f} | {val['map']:.3f} "
+            f"| {k} | {row['wall_s']:.0f} | {row['steps']} | {val['map50']:.3f} | {val['map']:.3f} "
             f"| {val['map75']:.3f} | {val['recall']:.2f} / {val['precision']:.2f} "
             f"| {scene['map50']:.3f} | {'yes' if met else 'no'} | {row['load']:.1f} |"
         )
