@@ -265,3 +265,19 @@ def test_time_probe_times_steps_in_the_training_precision(
     monkeypatch.setattr(Classify, "batch_loss", batch_loss)
     probe = time_probe(cfg, bundle, _class_weights(cfg, bundle))
     assert probe["step_s"] > 0 and seen and set(seen) == {dtype}
+
+
+def test_the_checkpoint_probe_leaves_the_seeds_random_stream_alone(tmp_path: Path) -> None:
+    """The budget times a checkpoint of a throwaway model. Building it must not draw
+    from the global random stream: the run's own model is built next, and it must start
+    from the same weights with a budget as without one (a detection demo whose weights
+    moved that way collapsed where the unbudgeted run learned)."""
+    from liandan.config import Config
+    from liandan.engine.budget import _probe_checkpoint
+
+    cfg = Config.load(None, ["task=classify", "model.arch=lenet", "data.image_size=32"])
+    bundle = SimpleNamespace(classes=SimpleNamespace(num_classes=3), in_channels=3)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert _probe_checkpoint(cfg, bundle, tmp_path) > 0
+    assert torch.equal(torch.get_rng_state(), before)

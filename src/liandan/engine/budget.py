@@ -288,13 +288,16 @@ def fit_budget(
 def _probe_checkpoint(cfg: Config, bundle: Any, run_dir: Path) -> float:
     from liandan.models import build_model
 
-    model = build_model(
-        cfg.model,
-        task=str(cfg.task),
-        num_classes=bundle.classes.num_classes,
-        in_channels=bundle.in_channels,
-        image_size=cfg.data.image_size,
-    )
+    # a throwaway model: its initialisation must not move the seed's random stream, or a
+    # budgeted run would start from other weights than the same run without a budget
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(
+            cfg.model,
+            task=str(cfg.task),
+            num_classes=bundle.classes.num_classes,
+            in_channels=bundle.in_channels,
+            image_size=cfg.data.image_size,
+        )
     optimizer = torch.optim.AdamW(model.parameters())
     for p in model.parameters():  # AdamW's moments exist after the first step
         optimizer.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
