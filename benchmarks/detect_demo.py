@@ -12,6 +12,7 @@ mAP@.5 >= 0.75 within 5 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -50,8 +51,8 @@ def main() -> None:
             run = Path(tmp) / "runs" / "demo"
             val = json.loads((run / "metrics.json").read_text())["overall"]
             scene = json.loads((run / "predictions" / "scene_metrics.json").read_text())["overall"]
-            history = (run / "history.csv").read_text().splitlines()  # the last epoch's step
-            steps = int(history[-1].split(",")[history[0].split(",").index("step")])
+            with (run / "history.csv").open() as fh:  # the last epoch's step
+                steps = int(list(csv.DictReader(fh))[-1]["step"])
             rows.append({"wall_s": wall, "val": val, "scene": scene, "steps": steps,
                          "load": os.getloadavg()[0]})  # fmt: skip
     # ru_maxrss of the children: the largest of them, in KiB on Linux
